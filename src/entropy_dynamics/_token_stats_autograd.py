@@ -1,0 +1,183 @@
+"""Autograd functions behind `token_stats` and `token_stats_from_hidden`: streamed forward and backward.
+
+Both work on the valid rows only, packed in row-major order (`n` of them). The forward pass
+keeps per-row scalars (row max, log-sum, entropy); the backward pass recomputes `p` chunk by
+chunk (and, from hidden states, the chunk's logits) instead of storing anything `[n, V]`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ._token_stats_kernels import (
+    Chunk,
+    RowSums,
+    Workspace,
+    chunk_grad,
+    chunk_stats,
+    plan_chunks,
+    row_blocks,
+)
+
+
+def _finish(sums: RowSums, label_logits: Tensor, inv_tau: float) -> tuple[Tensor, ...]:
+    """`(log_s, logprobs, entropy, discriminator, baseline)` of the packed rows, `[n]` each."""
+    log_s, entropy, baseline = sums.finish()
+    logprobs = (label_logits - sums.m) * inv_tau - log_s
+    discriminator = torch.exp(logprobs) * (entropy + logprobs)
+    return log_s, logprobs, entropy, discriminator, baseline
+
+
+def _check_finite(valid: Tensor, *packed: Tensor) -> None:
+    """A NaN or inf anywhere in a valid row's logits makes its sums non-finite: raise then."""
+    finite = torch.stack([torch.isfinite(t) for t in packed]).all(dim=0)
+    if bool(finite.all()):
+        return
+    bad_packed = int((~finite).nonzero()[0])
+    bad_flat = int(valid.nonzero()[bad_packed])
+    raise ValueError(
+        f"logits: {int((~finite).sum())} counted position(s) have non-finite logits (NaN or "
+        f"+-inf), first at flattened position {bad_flat}; logits must be finite at every "
+        "position that is not ignored (mask it out or set its label to ignore_index)"
+    )
+
+
+def _scatter_rows(valid: Tensor, packed: Tensor, shape: torch.Size) -> Tensor:
+    """`[n]` values of the valid rows -> `shape` tensor with zeros at the ignored rows."""
+    full = packed.new_zeros(valid.shape)
+    return full.masked_scatter_(valid, packed).view(shape)
+
+
+def _packed(grad: Tensor | None, valid: Tensor | None, like: Tensor) -> Tensor:
+    """An incoming gradient as `[n]` values of the valid rows (zeros when autograd gave None)."""
+    if grad is None:
+        return torch.zeros_like(like)
+    grad = grad.reshape(-1).to(like.dtype)
+    return grad if valid is None else grad.masked_select(valid)
+
+
+def _grad_coefficients(g_lp: Tensor, g_h: Tensor, entropy: Tensor, inv_tau: float):
+    """Per-row factors of `chunk_grad`: `(coef_logp, coef_const, grad_label)`, `[n]` each."""
+    return -g_h * inv_tau, -(g_lp + g_h * entropy) * inv_tau, g_lp * inv_tau
+
+
+class LogitsStats(torch.autograd.Function):
+    """`(logprobs, entropy, discriminator, baseline)` from logits `[..., V]`, streamed."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, valid, runs, inv_tau, chunk_rows, cdtype):
+        # logits [..., V]; labels [n] packed valid labels; valid [B*T] bool; runs: valid ranges.
+        vocab = logits.shape[-1]
+        blocks = row_blocks(logits)
+        chunks = plan_chunks(blocks, runs, chunk_rows)
+        n = labels.shape[0]
+        sums = RowSums(n, cdtype, logits.device)
+        label_logits = sums.m.new_zeros(n)
+        work = Workspace(min(chunk_rows, max(n, 1)), vocab, cdtype, logits.device)
+        for chunk in chunks:
+            z = blocks[chunk.block][1].narrow(0, chunk.local, chunk.rows)
+            chunk_stats(z, chunk.packed, sums, work, inv_tau)
+            rows = slice(chunk.packed, chunk.packed + chunk.rows)
+            label_logits[rows] = z.gather(1, labels[rows, None]).squeeze(1)
+        log_s, *stats = _finish(sums, label_logits, inv_tau)
+        _check_finite(valid, *stats)
+        shape = logits.shape[:-1]
+        outputs = [_scatter_rows(valid, t, shape) for t in stats]
+        ctx.mark_non_differentiable(outputs[2], outputs[3])
+        ctx.save_for_backward(logits, labels, valid, sums.m, log_s, stats[1])
+        ctx.chunks, ctx.inv_tau, ctx.chunk_rows = chunks, inv_tau, chunk_rows
+        return tuple(outputs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_logprobs, grad_entropy, _grad_s, _grad_n):
+        logits, labels, valid, m, log_s, entropy = ctx.saved_tensors
+        g_lp, g_h = (_packed(g, valid, entropy) for g in (grad_logprobs, grad_entropy))
+        coefs = _grad_coefficients(g_lp, g_h, entropy, ctx.inv_tau)
+        n, vocab = labels.shape[0], logits.shape[-1]
+        new = torch.empty if n == valid.numel() else torch.zeros  # ignored rows get 0
+        grad = new(logits.shape, dtype=logits.dtype, device=logits.device)
+        blocks = row_blocks(logits)
+        grad_rows = grad.view(-1, vocab)
+        work = Workspace(min(ctx.chunk_rows, max(n, 1)), vocab, m.dtype, logits.device)
+        for chunk in ctx.chunks:
+            z = blocks[chunk.block][1].narrow(0, chunk.local, chunk.rows)
+            out = grad_rows.narrow(0, chunk.flat, chunk.rows)
+            chunk_grad(z, chunk.packed, labels, m, log_s, *coefs, out, work, ctx.inv_tau)
+        return grad, None, None, None, None, None, None
+
+
+def _block_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """`hidden [c, D] @ weight.T [D, V] (+ bias [V])` -> `[c, V]` in the weights' dtype."""
+    if bias is None:
+        return hidden @ weight.T
+    return torch.addmm(bias, hidden, weight.T)
+
+
+def _inner_chunks(start: int, rows: int, chunk_rows: int) -> list[Chunk]:
+    """Chunks of a contiguous `[rows, V]` logits block whose first packed row is `start`."""
+    return [
+        Chunk(0, local, local, start + local, min(chunk_rows, rows - local))
+        for local in range(0, rows, chunk_rows)
+    ]
+
+
+class HiddenStats(torch.autograd.Function):
+    """The same statistics from hidden states and the output layer, one row block at a time."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, valid, inv_tau, block_rows, chunk_rows, cdtype):
+        # hidden [n, D] packed valid rows; weight [V, D]; bias [V] or None; labels [n].
+        n, vocab = hidden.shape[0], weight.shape[0]
+        sums = RowSums(n, cdtype, hidden.device)
+        label_logits = sums.m.new_zeros(n)
+        work = Workspace(min(chunk_rows, max(n, 1)), vocab, cdtype, hidden.device)
+        for start in range(0, n, block_rows):
+            rows = slice(start, min(start + block_rows, n))
+            logits = _block_logits(hidden[rows], weight, bias)  # [c, V]
+            label_logits[rows] = logits.gather(1, labels[rows, None]).squeeze(1)
+            for chunk in _inner_chunks(start, logits.shape[0], chunk_rows):
+                z = logits.narrow(0, chunk.local, chunk.rows)
+                chunk_stats(z, chunk.packed, sums, work, inv_tau)
+            del logits
+        log_s, *stats = _finish(sums, label_logits, inv_tau)
+        _check_finite(valid, *stats)
+        ctx.mark_non_differentiable(stats[2], stats[3])
+        ctx.save_for_backward(hidden, weight, bias, labels, sums.m, log_s, stats[1])
+        ctx.inv_tau, ctx.block_rows, ctx.chunk_rows = inv_tau, block_rows, chunk_rows
+        return tuple(stats)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_logprobs, grad_entropy, _grad_s, _grad_n):
+        hidden, weight, bias, labels, m, log_s, entropy = ctx.saved_tensors
+        g_lp, g_h = (_packed(g, None, entropy) for g in (grad_logprobs, grad_entropy))
+        coefs = _grad_coefficients(g_lp, g_h, entropy, ctx.inv_tau)
+        n, vocab = hidden.shape[0], weight.shape[0]
+        want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.zeros_like(hidden) if want_hidden else None
+        # Accumulate over blocks in at least fp32: bf16 sums of many blocks would lose bits.
+        acc_dtype = m.dtype
+        grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device)
+        grad_bias = torch.zeros(vocab, dtype=acc_dtype, device=weight.device)
+        work = Workspace(min(ctx.chunk_rows, max(n, 1)), vocab, m.dtype, hidden.device)
+        for start in range(0, n, ctx.block_rows):
+            rows = slice(start, min(start + ctx.block_rows, n))
+            logits = _block_logits(hidden[rows], weight, bias)  # [c, V], becomes dL/dlogits
+            grad_logits = logits if logits.dtype == acc_dtype else logits.to(acc_dtype)
+            for chunk in _inner_chunks(start, logits.shape[0], ctx.chunk_rows):
+                z = logits.narrow(0, chunk.local, chunk.rows)
+                out = grad_logits.narrow(0, chunk.local, chunk.rows)
+                chunk_grad(z, chunk.packed, labels, m, log_s, *coefs, out, work, ctx.inv_tau)
+            if want_hidden:
+                grad_hidden[rows] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+            if want_weight:
+                grad_weight.addmm_(grad_logits.T, hidden[rows].to(acc_dtype))
+            if want_bias:
+                grad_bias += grad_logits.sum(dim=0)
+            del logits, grad_logits
+        grad_weight = grad_weight.to(weight.dtype) if want_weight else None
+        grad_bias = grad_bias.to(bias.dtype) if want_bias else None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None

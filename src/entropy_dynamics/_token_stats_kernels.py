@@ -1,0 +1,196 @@
+"""Row-chunk kernels behind `token_stats`: one-exp statistics per chunk, their finish, and gradients.
+
+Every kernel works on a 2-D chunk `z` of `c` rows of logits `[c, V]` (any float dtype; the
+arithmetic runs in `compute_dtype`, fp32 or fp64) and writes per-row results into slices of
+preallocated 1-D tensors, so nothing larger than a few `[c, V]` work buffers is ever allocated.
+
+Per row, with `tau` the temperature, `m = max_i z_i` at index `i*`, `x_i = (z_i - m) / tau`,
+`e_i = exp(x_i)` (so `e_{i*} = 1`), the forward pass keeps four sums over `i != i*`
+(the "rest" of the row; the max itself is added back exactly):
+
+    s_rest = sum e_i,  t = sum e_i x_i,  u_rest = sum e_i^2,  w = sum e_i^2 x_i
+
+(`x_{i*} = 0`, so `t` and `w` need no correction). With `s = 1 + s_rest`, `u = 1 + u_rest`:
+
+    log s = log1p(s_rest)          (accurate when the row is nearly one-hot)
+    lse   = m / tau + log s
+    H     = log s - t / s
+    sum p^2 = u / s^2,  sum p^2 log p = w / s^2 - (u / s^2) log s
+    N     = H sum p^2 + sum p^2 log p = (w - u t / s) / s^2
+
+Keeping the max out of `s` and `u` is what lets a peaked row (p_max = 1 - 1e-9) keep its
+entropy and baseline to full relative precision: `1 + 1e-9` does not exist in fp32.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+# About 1 M elements per chunk buffer on CPU (6 rows at V = 151936): small enough that the
+# Python loop costs little, large enough that per-op overhead is amortised. Measured in
+# benchmarks/bench_token_stats.py (docs/performance.md).
+CPU_CHUNK_ELEMENTS = 1 << 20
+# On an accelerator each op is a kernel launch: use large chunks (about 64 MB fp32 buffers).
+ACCEL_CHUNK_ELEMENTS = 1 << 24
+
+
+def default_chunk_rows(device: torch.device, vocab_size: int) -> int:
+    """Rows per chunk for the statistics pass: about 1 M elements on CPU, 16 M elsewhere."""
+    target = CPU_CHUNK_ELEMENTS if device.type == "cpu" else ACCEL_CHUNK_ELEMENTS
+    return max(1, target // max(vocab_size, 1))
+
+
+def compute_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """fp64 stays fp64; every other float dtype is computed (and returned) in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class Workspace:
+    """Three reusable `[rows, V]` buffers so the chunk loop allocates nothing."""
+
+    def __init__(self, rows: int, vocab_size: int, dtype: torch.dtype, device: torch.device):
+        shape = (rows, vocab_size)
+        self.x = torch.empty(shape, dtype=dtype, device=device)
+        self.e = torch.empty(shape, dtype=dtype, device=device)
+        self.ex = torch.empty(shape, dtype=dtype, device=device)
+
+    def views(self, rows: int) -> tuple[Tensor, Tensor, Tensor]:
+        return self.x[:rows], self.e[:rows], self.ex[:rows]
+
+
+class RowSums:
+    """Per-row sums of the forward pass, `[n]` each, for `n` rows handled in chunks."""
+
+    def __init__(self, n: int, dtype: torch.dtype, device: torch.device):
+        def new() -> Tensor:
+            return torch.zeros(n, dtype=dtype, device=device)
+
+        self.m, self.s_rest, self.t, self.u_rest, self.w = new(), new(), new(), new(), new()
+
+    def finish(self) -> tuple[Tensor, Tensor, Tensor]:
+        """`(log_s, entropy, baseline)`, each `[n]` (formulas in the module docstring)."""
+        s = 1.0 + self.s_rest
+        log_s = torch.log1p(self.s_rest)
+        t_over_s = self.t / s
+        entropy = log_s - t_over_s
+        baseline = (self.w - (1.0 + self.u_rest) * t_over_s) / (s * s)
+        return log_s, entropy, baseline
+
+
+def chunk_stats(z: Tensor, start: int, sums: RowSums, work: Workspace, inv_tau: float) -> None:
+    """Accumulate the four sums of rows `start : start + c` of `sums` from logits `z [c, V]`."""
+    c = z.shape[0]
+    rows = slice(start, start + c)
+    x, e, ex = work.views(c)
+    m, argmax = z.max(dim=-1, keepdim=True)  # [c, 1] each
+    sums.m[rows] = m.squeeze(-1)  # unscaled
+    torch.sub(z, m.to(x.dtype), out=x)  # upcasts bf16/fp16 on the fly (m is a tensor)
+    if inv_tau != 1.0:
+        x.mul_(inv_tau)
+    torch.exp(x, out=e)
+    e.scatter_(1, argmax, 0.0)  # drop the row max: its e is exactly 1
+    torch.sum(e, dim=-1, out=sums.s_rest[rows])
+    torch.mul(e, x, out=ex)
+    torch.sum(ex, dim=-1, out=sums.t[rows])
+    torch.linalg.vecdot(e, e, out=sums.u_rest[rows])
+    torch.linalg.vecdot(ex, e, out=sums.w[rows])
+
+
+def chunk_grad(
+    z: Tensor,
+    start: int,
+    labels: Tensor,
+    m: Tensor,
+    log_s: Tensor,
+    coef_logp: Tensor,
+    coef_const: Tensor,
+    grad_label: Tensor,
+    out: Tensor,
+    work: Workspace,
+    inv_tau: float,
+) -> None:
+    """Write `dL/dz` for the rows `start : start + c` into `out [c, V]` from logits `z [c, V]`.
+
+    With `g_lp`, `g_H` the incoming gradients of a row's log-prob and entropy,
+    `d log p_k / dz_j = (delta_jk - p_j) / tau` and `dH / dz_j = -p_j (log p_j + H) / tau`, so
+
+        dL/dz_j = p_j (coef_logp * log p_j + coef_const) + delta_jk grad_label
+
+    with `coef_logp = -g_H / tau`, `coef_const = -(g_lp + g_H H) / tau`, `grad_label = g_lp / tau`.
+    `m` (the unscaled row max) and `log_s` come from the forward pass; all per-row inputs are
+    `[n]` and sliced here. `out` may be `z` itself (every read of `z` happens before the write).
+    """
+    c = z.shape[0]
+    rows = slice(start, start + c)
+    x, e, ex = work.views(c)
+    torch.sub(z, m[rows, None], out=x)  # upcasts bf16/fp16 on the fly
+    if inv_tau != 1.0:
+        x.mul_(inv_tau)
+    x.sub_(log_s[rows, None])  # log p
+    torch.exp(x, out=e)  # p
+    torch.mul(x, coef_logp[rows, None], out=ex)
+    ex.add_(coef_const[rows, None])
+    target = out if out.dtype == ex.dtype else ex
+    torch.mul(ex, e, out=target)
+    target.scatter_add_(1, labels[rows, None], grad_label[rows, None])
+    if target is not out:
+        out.copy_(target)
+
+
+class Chunk(NamedTuple):
+    """One row chunk: rows `local : local + rows` of row block `block`, which are rows
+    `flat : flat + rows` of the flattened `[B * T, V]` logits and rows `packed : packed + rows`
+    of the packed list of valid rows."""
+
+    block: int
+    local: int
+    flat: int
+    packed: int
+    rows: int
+
+
+def row_blocks(logits: Tensor) -> list[tuple[int, Tensor]]:
+    """`(first flat row, [rows, V] view)` pieces covering `logits [..., V]` without a copy.
+
+    One piece when the leading dims flatten as a view; a sliced tensor such as `logits[:, :-1]`
+    (shifted for next-token prediction) cannot, and becomes one piece per leading index.
+    """
+    vocab = logits.shape[-1]
+    try:
+        return [(0, logits.view(-1, vocab))]
+    except RuntimeError:
+        rows_each = logits[0].numel() // max(vocab, 1)
+        return [
+            (i * rows_each + first, view)
+            for i in range(logits.shape[0])
+            for first, view in row_blocks(logits[i])
+        ]
+
+
+def valid_runs(valid: Tensor) -> list[tuple[int, int]]:
+    """`[start, end)` ranges of consecutive True entries of the 1-D bool tensor `valid`."""
+    edges = torch.diff(valid.to(torch.int8), prepend=valid.new_zeros(1, dtype=torch.int8),
+                       append=valid.new_zeros(1, dtype=torch.int8))
+    starts = (edges == 1).nonzero().flatten().tolist()
+    ends = (edges == -1).nonzero().flatten().tolist()
+    return list(zip(starts, ends, strict=True))
+
+
+def plan_chunks(
+    blocks: list[tuple[int, Tensor]], runs: list[tuple[int, int]], chunk_rows: int
+) -> list[Chunk]:
+    """Split the valid runs into chunks of at most `chunk_rows` rows inside single row blocks."""
+    chunks: list[Chunk] = []
+    packed = 0
+    for index, (first, view) in enumerate(blocks):
+        last = first + view.shape[0]
+        for start, end in runs:
+            lo, hi = max(start, first), min(end, last)
+            for row in range(lo, hi, chunk_rows):
+                rows = min(chunk_rows, hi - row)
+                chunks.append(Chunk(index, row - first, row, packed, rows))
+                packed += rows
+    return chunks

@@ -1,0 +1,229 @@
+"""Per-token statistics of sampled tokens (log p_k, H, S_*, N), streamed in row chunks.
+
+For every position of a batch, with `p = softmax(z / temperature)` over the vocabulary and the
+sampled (label) token `k` (PAPER.md section 2):
+
+    logprobs       log p_k
+    entropy        H   = -sum_i p_i log p_i
+    discriminator  S_* = p_k (H + log p_k)                      (Thm 3.2)
+    baseline       N   = sum_i p_i^2 (H + log p_i)
+                       = H sum_i p_i^2 + sum_i p_i^2 log p_i    (Thm 3.3)
+
+The logits are read in chunks of rows and every statistic comes out of ONE pass of `exp` per
+chunk (all four row sums at once), so the extra memory is O(chunk x V), never O(B x T x V).
+From hidden states, each chunk's logits are computed, used and dropped, in the forward and again
+in the backward pass. Gradients flow to the inputs through `logprobs` and `entropy`;
+`discriminator` and `baseline` are statistics for masks and diagnostics and carry none.
+
+Example:
+    >>> z = torch.log(torch.tensor([[[0.5, 0.25, 0.25]]]))      # [B=1, T=1, V=3]
+    >>> stats = token_stats(z, torch.tensor([[0]]))
+    >>> stats.entropy                                           # 1.5 ln 2
+    tensor([[1.0397]])
+    >>> stats.discriminator                                     # 0.5 (1.5 ln 2 - ln 2)
+    tensor([[0.1733]])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ._token_stats_autograd import HiddenStats, LogitsStats
+from ._token_stats_kernels import compute_dtype_for, default_chunk_rows, valid_runs
+
+__all__ = ["TokenStats", "token_stats", "token_stats_from_hidden"]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class TokenStats(NamedTuple):
+    """Per-token statistics, each `[B, T]` (fp32; fp64 for fp64 input), 0 at ignored positions."""
+
+    logprobs: Tensor  # log p_k under softmax(z / temperature); gradient flows
+    entropy: Tensor  # H; gradient flows
+    discriminator: Tensor  # S_* = p_k (H + log p_k); no gradient
+    baseline: Tensor  # N = sum_i p_i^2 (H + log p_i); no gradient
+
+
+def token_stats(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    mask: Tensor | None = None,
+    ignore_index: int = -100,
+) -> TokenStats:
+    """Log-prob, entropy, discriminator `S_*` and baseline `N` of each labelled token.
+
+    Args:
+        logits: `[B, T, V]` (any leading dims `[..., V]`), fp16 / bf16 / fp32 / fp64. Read in
+            place, never copied whole; a sliced view such as `logits[:, :-1]` is fine.
+        labels: `[B, T]` integer token ids `k` in `[0, V)` at counted positions.
+        temperature: `p = softmax(logits / temperature)`; must be > 0.
+        chunk_size: rows of `[V]` logits per chunk (default: about 1 M elements on CPU, 16 M
+            on an accelerator). Results do not depend on it beyond rounding.
+        mask: optional `[B, T]` bool (or 0/1 integer): True for counted positions.
+        ignore_index: positions whose label equals it are ignored as well.
+
+    Returns:
+        `TokenStats(logprobs, entropy, discriminator, baseline)`, each `[B, T]`, fp32 (fp64 for
+        fp64 logits): `log p_k`, `H = -sum_i p_i log p_i`, `S_* = p_k (H + log p_k)` (Thm 3.2),
+        `N = H sum_i p_i^2 + sum_i p_i^2 log p_i` (Thm 3.3). Ignored positions hold 0 in every
+        field and pass no gradient; their labels and logits are never read.
+
+    Raises:
+        ValueError: on a wrong type, dtype or shape, labels outside `[0, V)` at counted
+            positions, NaN or +-inf logits in a counted row, `temperature <= 0`, `chunk_size <= 0`.
+
+    Differs from the paper: the paper's statistics are per token; the temperature is explicit
+    here because a sampler at temperature `T` draws from `softmax(z / T)`.
+    """
+    _check_tensor("logits", logits, "[B, T, V]", min_dim=2)
+    vocab = logits.shape[-1]
+    valid, packed_labels = _check_labels(labels, logits.shape[:-1], vocab, mask, ignore_index,
+                                         logits.device)
+    inv_tau = _inverse_temperature(temperature)
+    chunk_rows = _chunk_rows(chunk_size, logits.device, vocab)
+    cdtype = compute_dtype_for(logits.dtype)
+    outputs = LogitsStats.apply(logits, packed_labels, valid, valid_runs(valid), inv_tau,
+                                chunk_rows, cdtype)
+    return TokenStats(*outputs)
+
+
+def token_stats_from_hidden(
+    hidden: Tensor,
+    weight: Tensor,
+    labels: Tensor,
+    *,
+    bias: Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    mask: Tensor | None = None,
+    ignore_index: int = -100,
+) -> TokenStats:
+    """`token_stats(hidden @ weight.T + bias, labels, ...)` without ever holding `[B, T, V]` logits.
+
+    The counted positions are processed `chunk_size` rows at a time: a block's logits
+    `[chunk_size, V]` are computed, reduced to the four statistics and dropped. The backward pass
+    recomputes each block's logits and accumulates the gradients of `hidden`, `weight` and
+    `bias` (in fp32 at least), so peak extra memory is about one block of logits plus, when
+    `weight` needs a gradient, an fp32 `[V, D]` accumulator.
+
+    Args:
+        hidden: `[B, T, D]` final hidden states (any leading dims), fp16 / bf16 / fp32 / fp64.
+        weight: `[V, D]` output layer (the `lm_head` weight), same dtype and device as `hidden`.
+        labels: `[B, T]` integer token ids in `[0, V)` at counted positions.
+        bias: optional `[V]` output bias, same dtype as `weight`.
+        temperature: `p = softmax(logits / temperature)`; must be > 0.
+        chunk_size: rows per logits block (default: about 32 M logits, 220 rows at V = 151936);
+            the statistics inside a block use the `token_stats` chunking.
+        mask, ignore_index: as in `token_stats`.
+
+    Returns:
+        `TokenStats`, each `[B, T]`, equal to `token_stats` of the full logits up to rounding.
+
+    Raises:
+        ValueError: as `token_stats`, plus mismatched `D`, `V` or dtypes between the inputs.
+    """
+    _check_tensor("hidden", hidden, "[B, T, D]", min_dim=2)
+    _check_tensor("weight", weight, "[V, D]", min_dim=2)
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight must have shape [V, D] with D = hidden.shape[-1] = "
+                         f"{hidden.shape[-1]}, got {tuple(weight.shape)}")
+    _check_same("weight", weight, hidden, "hidden")
+    vocab = weight.shape[0]
+    if bias is not None:
+        _check_tensor("bias", bias, "[V]", min_dim=1)
+        if tuple(bias.shape) != (vocab,):
+            raise ValueError(f"bias must have shape [V] = ({vocab},), got {tuple(bias.shape)}")
+        _check_same("bias", bias, weight, "weight")
+    valid, packed_labels = _check_labels(labels, hidden.shape[:-1], vocab, mask, ignore_index,
+                                         hidden.device)
+    inv_tau = _inverse_temperature(temperature)
+    inner_rows = default_chunk_rows(hidden.device, vocab)
+    block_rows = _chunk_rows(chunk_size, hidden.device, vocab, scale=32)
+    rows = hidden.reshape(-1, hidden.shape[-1])  # [B*T, D]
+    if packed_labels.shape[0] < valid.numel():
+        rows = rows[valid]  # [n, D]: only counted positions reach the output layer
+    stats = HiddenStats.apply(rows, weight, bias, packed_labels, valid, inv_tau, block_rows,
+                              min(inner_rows, block_rows), compute_dtype_for(weight.dtype))
+    shape = hidden.shape[:-1]
+    return TokenStats(*(_unpack(valid, t, shape) for t in stats))
+
+
+def _unpack(valid: Tensor, packed: Tensor, shape: torch.Size) -> Tensor:
+    """`[n]` values of the counted rows -> `shape`, 0 elsewhere (differentiable)."""
+    if packed.shape[0] == valid.numel():
+        return packed.view(shape)
+    return packed.new_zeros(valid.shape).masked_scatter(valid, packed).view(shape)
+
+
+def _check_tensor(name: str, value: object, shape: str, *, min_dim: int) -> None:
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape {shape}, "
+                         f"got {type(value).__name__}")
+    if value.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float16, bfloat16, float32 or float64, "
+                         f"got {value.dtype}")
+    if value.dim() < min_dim or value.shape[-1] == 0:
+        raise ValueError(f"{name} must have shape {shape} with a non-empty last dim, "
+                         f"got {tuple(value.shape)}")
+
+
+def _check_same(name: str, value: Tensor, other: Tensor, other_name: str) -> None:
+    if value.dtype != other.dtype or value.device != other.device:
+        raise ValueError(f"{name} ({value.dtype}, {value.device}) must have the dtype and device "
+                         f"of {other_name} ({other.dtype}, {other.device})")
+
+
+def _check_labels(labels, shape, vocab, mask, ignore_index, device) -> tuple[Tensor, Tensor]:
+    """Return `valid [B*T]` (bool) and the counted labels `[n]` (int64), row-major."""
+    if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.is_complex() \
+            or labels.dtype == torch.bool:
+        got = labels.dtype if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be an integer torch.Tensor of shape [B, T], got {got}")
+    if labels.shape != shape:
+        raise ValueError(f"labels shape {tuple(labels.shape)} must equal the leading shape "
+                         f"{tuple(shape)} of the logits / hidden states")
+    if labels.device != device:
+        raise ValueError(f"labels are on {labels.device} but the logits / hidden states on {device}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
+    valid = labels != ignore_index
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.is_floating_point() or mask.is_complex():
+            got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"mask must be a bool (or 0/1 integer) tensor of shape [B, T], "
+                             f"got {got}")
+        if mask.shape != shape or mask.device != device:
+            raise ValueError(f"mask must have shape {tuple(shape)} on {device}, got "
+                             f"{tuple(mask.shape)} on {mask.device}")
+        valid = valid & (mask != 0)
+    valid = valid.reshape(-1)
+    packed = labels.reshape(-1)[valid].long()
+    if packed.numel() and (int(packed.min()) < 0 or int(packed.max()) >= vocab):
+        raise ValueError(f"labels at counted positions must lie in [0, V) = [0, {vocab}), got "
+                         f"values in [{int(packed.min())}, {int(packed.max())}]; mark positions "
+                         f"to skip with ignore_index={ignore_index} or the mask")
+    return valid, packed
+
+
+def _inverse_temperature(temperature: float) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) \
+            or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return 1.0 / float(temperature)
+
+
+def _chunk_rows(chunk_size: int | None, device: torch.device, vocab: int, scale: int = 1) -> int:
+    if chunk_size is None:
+        return scale * default_chunk_rows(device, vocab)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive int (rows per chunk) or None, "
+                         f"got {chunk_size!r}")
+    return chunk_size
