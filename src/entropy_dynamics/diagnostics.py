@@ -1,0 +1,119 @@
+"""Metric names, declared once, and the functions that compute batch metrics as tensors.
+
+Every metric is a 0-dim tensor; nothing here reads a value on the host (the loop decides when
+to synchronise and log). Batch-global metrics go through ``distributed`` (all ranks, all
+micro-batches); metrics named ``loss/*`` are micro-batch-additive (normalised by the plan's
+global kept-token count, so summing them over micro-batches and ranks gives the batch value).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .distributed import global_sum, masked_mean_std
+
+# --- entropy dynamics of the batch (Theorem 3.3, Corollary 3.5) -------------------------------
+ENTROPY_MEAN = "entropy/mean"  # mean H over valid tokens
+DISCRIMINATOR_MEAN = "entropy/s_mean"  # mean S_*
+DISCRIMINATOR_STD = "entropy/s_std"  # population std of S_*
+BASELINE_MEAN = "entropy/n_mean"  # mean N
+DEVIATION_MEAN = "entropy/s_minus_n_mean"  # mean (S_* - N): about 0 on-policy (Cor. 3.5)
+DEVIATION_STD = "entropy/s_minus_n_std"  # population std of (S_* - N) (= Clip_V's s_D)
+PRED_DELTA = "entropy/pred_delta"  # lens: sum over tokens of -alpha (S_* - N)
+
+# --- token filters: fraction of valid tokens dropped, overall and by advantage sign -----------
+CLIP_B_FRAC_DROPPED = "clip_b/frac_dropped"
+CLIP_B_FRAC_DROPPED_POS = "clip_b/frac_dropped_pos"
+CLIP_B_FRAC_DROPPED_NEG = "clip_b/frac_dropped_neg"
+CLIP_B_S_MEAN = "clip_b/s_mean"
+CLIP_B_S_STD = "clip_b/s_std"
+CLIP_V_FRAC_DROPPED = "clip_v/frac_dropped"
+CLIP_V_FRAC_DROPPED_POS = "clip_v/frac_dropped_pos"
+CLIP_V_FRAC_DROPPED_NEG = "clip_v/frac_dropped_neg"
+CLIP_V_D_STD = "clip_v/d_std"
+CLIP_V_CAPPED = "clip_v/capped"  # 1 when the max_frac top-K cap bound
+CLIP_COV_FRAC_DROPPED = "clip_cov/frac_dropped"
+CLIP_COV_FRAC_DROPPED_POS = "clip_cov/frac_dropped_pos"
+CLIP_COV_FRAC_DROPPED_NEG = "clip_cov/frac_dropped_neg"
+CLIP_COV_NUM_CANDIDATES = "clip_cov/num_candidates"
+TOP_ENTROPY_FRAC_DROPPED = "top_entropy/frac_dropped"
+TOP_ENTROPY_FRAC_DROPPED_POS = "top_entropy/frac_dropped_pos"
+TOP_ENTROPY_FRAC_DROPPED_NEG = "top_entropy/frac_dropped_neg"
+TOP_ENTROPY_THRESHOLD = "top_entropy/threshold"
+
+# --- regularisers -----------------------------------------------------------------------------
+KL_COV_FRAC_SELECTED = "kl_cov/frac_selected"
+KL_COV_PENALTY = "kl_cov/penalty"  # micro-batch-additive mean penalty
+KL_REF = "kl_ref/kl"  # micro-batch-additive mean KL estimate
+ENTROPY_BONUS_COEF = "entropy_bonus/coef"
+ENTROPY_BONUS_ENTROPY = "entropy_bonus/entropy"  # micro-batch-additive mean H of kept tokens
+
+# --- surrogate and plan -------------------------------------------------------------------------
+LOSS_CLIP_FRAC_LOW = "loss/clip_frac_low"  # A < 0, r < 1 - eps_low (micro-batch-additive)
+LOSS_CLIP_FRAC_HIGH = "loss/clip_frac_high"  # A > 0, r > 1 + eps_high
+LOSS_DUAL_CLIP_FRAC = "loss/dual_clip_frac"
+LOSS_RATIO_MEAN = "loss/ratio_mean"
+PLAN_FRAC_KEPT = "plan/frac_kept"  # kept / valid tokens, batch-global
+PLAN_NUM_TOKENS = "plan/num_tokens"
+
+
+def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / denominator`` as fp32, 0 where the denominator is 0 (never NaN)."""
+    numerator = numerator.to(torch.float32)
+    denominator = denominator.to(torch.float32)
+    return torch.where(denominator > 0, numerator / denominator.clamp(min=1.0), 0.0)
+
+
+def drop_fractions(
+    keep: Tensor, mask: Tensor, advantages: Tensor, *, prefix: str, group=None
+) -> dict[str, Tensor]:
+    """Fraction of valid tokens a filter drops: overall, among ``A > 0``, among ``A < 0``.
+
+    ``keep, mask``: bool ``[B, T]`` (keep is a subset of mask); ``advantages``: ``[B, T]``.
+    Returns ``{prefix/frac_dropped, prefix/frac_dropped_pos, prefix/frac_dropped_neg}`` as 0-dim
+    fp32 tensors, batch-global; a class with no token gives 0.
+    """
+    dropped = mask & ~keep
+    positive = mask & (advantages > 0)
+    negative = mask & (advantages < 0)
+    counts = global_sum(
+        torch.stack(
+            [
+                dropped.sum(),
+                mask.sum(),
+                (dropped & positive).sum(),
+                positive.sum(),
+                (dropped & negative).sum(),
+                negative.sum(),
+            ]
+        )
+    )
+    return {
+        f"{prefix}/frac_dropped": _ratio(counts[0], counts[1]),
+        f"{prefix}/frac_dropped_pos": _ratio(counts[2], counts[3]),
+        f"{prefix}/frac_dropped_neg": _ratio(counts[4], counts[5]),
+    }
+
+
+def entropy_metrics(
+    entropy: Tensor,
+    discriminator: Tensor,
+    mask: Tensor,
+    *,
+    baseline: Tensor | None = None,
+    group=None,
+) -> dict[str, Tensor]:
+    """Batch-global means of H, S_*, N and S_* - N (and stds of S_* and S_* - N).
+
+    All inputs ``[B, T]``; ``baseline`` (N) is optional (the N-based entries are then absent).
+    ``DEVIATION_MEAN / DISCRIMINATOR_MEAN`` is Corollary 3.5's ratio (about 1e-3 on-policy).
+    """
+    h_mean, _, _ = masked_mean_std(entropy, mask, group=group)
+    s_mean, s_std, _ = masked_mean_std(discriminator, mask, group=group)
+    out = {ENTROPY_MEAN: h_mean, DISCRIMINATOR_MEAN: s_mean, DISCRIMINATOR_STD: s_std}
+    if baseline is not None:
+        n_mean, _, _ = masked_mean_std(baseline, mask, group=group)
+        dev_mean, dev_std, _ = masked_mean_std(discriminator - baseline, mask, group=group)
+        out.update({BASELINE_MEAN: n_mean, DEVIATION_MEAN: dev_mean, DEVIATION_STD: dev_std})
+    return out

@@ -1,0 +1,184 @@
+"""The data a method reads (TokenBatch), what it decides per batch (Plan), and the part interfaces."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+__all__ = ["Filter", "Part", "Plan", "Regulariser", "Reweight", "Surrogate", "TokenBatch"]
+
+_REQUIRED = ("advantages", "logprobs", "old_logprobs", "entropy", "discriminator")
+_OPTIONAL = ("baseline", "ref_logprobs")
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """What a method may read for one TRAINING batch; every field is ``[B, T]``.
+
+    ``mask`` (bool) marks valid response tokens; ``advantages`` are broadcast per token;
+    ``logprobs`` are the current policy's (detached), ``old_logprobs`` the sampler's;
+    ``entropy`` is H, ``discriminator`` is S_* = p_k (H + log p_k), ``baseline`` is
+    N = sum_i p_i^2 (H + log p_i) (only Clip_V and the lens need it), ``ref_logprobs`` are a
+    reference policy's (only ``kl_ref`` needs them). Values at padding are never read.
+    """
+
+    mask: Tensor
+    advantages: Tensor
+    logprobs: Tensor
+    old_logprobs: Tensor
+    entropy: Tensor
+    discriminator: Tensor
+    baseline: Tensor | None = None
+    ref_logprobs: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mask, Tensor) or self.mask.dtype != torch.bool:
+            raise ValueError("TokenBatch.mask must be a bool tensor [B, T] (True = valid token)")
+        if self.mask.dim() != 2:
+            raise ValueError(f"TokenBatch.mask must be [B, T], got shape {tuple(self.mask.shape)}")
+        for name in _REQUIRED + _OPTIONAL:
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                continue
+            if not isinstance(value, Tensor) or value.shape != self.mask.shape:
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(
+                    f"TokenBatch.{name} must be a tensor of the mask's shape "
+                    f"{tuple(self.mask.shape)}, got {got}"
+                )
+
+    def rows(self, index: Any) -> TokenBatch:
+        """The batch restricted to rows ``index`` (a slice or an index tensor)."""
+        return TokenBatch(
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+                for f in dataclasses.fields(self)
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a method decided once per training batch (batch-global), applied per micro-batch.
+
+    ``keep``: bool ``[B, T]`` = mask & every filter's keep mask. ``weight``: float ``[B, T]``,
+    the product of the reweights (1 where none). ``selected``: bool ``[B, T]`` per regulariser
+    name, the tokens it touches (e.g. ``kl_cov``). ``metrics``: 0-dim tensors, batch-global.
+    ``num_tokens``: global count of kept tokens (the token-mean denominator; dropped tokens leave
+    it). ``num_seqs``: global count of sequences with at least one kept token.
+    """
+
+    keep: Tensor
+    weight: Tensor
+    selected: dict[str, Tensor] = field(default_factory=dict)
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+    num_tokens: Tensor = field(default_factory=lambda: torch.tensor(0))
+    num_seqs: Tensor = field(default_factory=lambda: torch.tensor(0))
+
+    def rows(self, index: Any) -> Plan:
+        """The micro-batch's rows; the global counts and metrics are kept as they are."""
+        return Plan(
+            keep=self.keep[index],
+            weight=self.weight[index],
+            selected={name: sel[index] for name, sel in self.selected.items()},
+            metrics=self.metrics,
+            num_tokens=self.num_tokens,
+            num_seqs=self.num_seqs,
+        )
+
+
+class Part:
+    """A registered building block; its dataclass fields are its hyperparameters.
+
+    Subclasses are dataclasses with every hyperparameter keyword-only and defaulted; ``name``
+    is the registry key and ``kind`` one of surrogate / filter / regulariser / reweight.
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    needs_baseline: ClassVar[bool] = False
+
+    def params(self) -> dict[str, Any]:
+        """Hyperparameters as a dict (declaration order); the part's spec arguments."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    @property
+    def spec(self) -> str:
+        """Canonical spec term, e.g. ``clip_b(mu=2.5, variant='released')`` (None args left out)."""
+        args = ", ".join(
+            f"{key}={value!r}" for key, value in self.params().items() if value is not None
+        )
+        return f"{self.name}({args})" if args else self.name
+
+
+class Surrogate(Part):
+    """Per-token policy-gradient loss: ``loss(logprobs, old_logprobs, advantages)``."""
+
+    kind: ClassVar[str] = "surrogate"
+
+    def loss(
+        self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-token loss ``[B, T]`` and diagnostics (``ratio``, bool clip masks), all ``[B, T]``."""
+        raise NotImplementedError
+
+    def clipped(self, ratio: Tensor, advantages: Tensor) -> Tensor:
+        """Bool ``[B, T]``: tokens whose ratio clip is active (their PPO gradient is cut)."""
+        return torch.zeros_like(ratio, dtype=torch.bool)
+
+
+class Filter(Part):
+    """Decides a bool KEEP mask ``[B, T]`` once per batch from batch-global statistics."""
+
+    kind: ClassVar[str] = "filter"
+
+    def keep(
+        self, batch: TokenBatch, *, clipped: Tensor, group=None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """KEEP mask (a subset of ``batch.mask``) and batch-global metrics.
+
+        ``clipped``: bool ``[B, T]``, the tokens the method's surrogate clips at plan time.
+        """
+        raise NotImplementedError
+
+
+class Regulariser(Part):
+    """Adds a per-token term to the loss; may choose its tokens once per batch (``select``)."""
+
+    kind: ClassVar[str] = "regulariser"
+    needs_entropy: ClassVar[bool] = False
+    needs_ref_logprobs: ClassVar[bool] = False
+
+    def select(self, batch: TokenBatch, *, group=None) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """Bool ``[B, T]`` of the tokens this regulariser touches (None = every valid token)."""
+        return None, {}
+
+    def token_loss(
+        self,
+        *,
+        logprobs: Tensor,
+        old_logprobs: Tensor,
+        entropy: Tensor | None,
+        ref_logprobs: Tensor | None,
+        selected: Tensor | None,
+        plan: Plan,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-token term ``[B, T]`` added to the loss, and micro-batch-additive metrics."""
+        raise NotImplementedError
+
+    def step_end(self, metrics: dict[str, Any]) -> None:
+        """Update internal state after an optimiser step (stateless parts do nothing)."""
+
+
+class Reweight(Part):
+    """Multiplies the surrogate's per-token loss by a weight ``[B, T]`` decided per batch."""
+
+    kind: ClassVar[str] = "reweight"
+
+    def weight(self, batch: TokenBatch) -> Tensor:
+        """Float ``[B, T]`` weights."""
+        raise NotImplementedError

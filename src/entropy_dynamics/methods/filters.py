@@ -1,0 +1,137 @@
+"""Token filters from the literature: Clip-Cov (Cui et al. 2025) and top-entropy tokens (80/20)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .. import diagnostics as dg
+from ..distributed import global_position_select, global_sum, masked_mean_std, masked_quantile
+from ._checks import check_number, check_same_shape
+from .base import Filter, TokenBatch
+from .registry import register
+
+__all__ = ["ClipCov", "TopEntropy", "centred_covariance", "clip_cov_mask", "top_entropy_mask"]
+
+
+def centred_covariance(advantages: Tensor, logprobs: Tensor, mask: Tensor, *, group=None):
+    """Per-token ``cov_t = (A_t - mean A)(log p_t - mean log p)``, means batch-global.
+
+    ``advantages, logprobs, mask``: ``[B, T]``. Returns (``cov`` ``[B, T]``, fp32 or fp64, 0 at
+    padding; the global number of valid tokens, a 0-dim int64 tensor). Cui et al. 2025,
+    "The Entropy Mechanism of RL for Reasoning LMs" (Clip-Cov / KL-Cov).
+    """
+    check_same_shape("covariance", advantages=advantages, logprobs=logprobs, mask=mask)
+    adv_mean, _, n_valid = masked_mean_std(advantages, mask, group=group)
+    logp_mean, _, _ = masked_mean_std(logprobs, mask, group=group)
+    dtype = adv_mean.dtype
+    cov = (advantages.detach().to(dtype) - adv_mean) * (logprobs.detach().to(dtype) - logp_mean)
+    return torch.where(mask, cov, 0.0), n_valid
+
+
+def clip_cov_mask(
+    advantages: Tensor,
+    logprobs: Tensor,
+    mask: Tensor,
+    clipped: Tensor,
+    *,
+    ratio: float = 2e-4,
+    lb: float = 1.0,
+    ub: float = 5.0,
+    generator: torch.Generator | None = None,
+    group=None,
+) -> Tensor:
+    """Clip-Cov KEEP mask, bool ``[B, T]`` (PAPER.md sec. 5; Cui et al. 2025).
+
+    ``advantages, logprobs, mask, clipped``: ``[B, T]``; ``clipped`` marks tokens the PPO clip
+    already cuts. Candidates: valid, not clipped, ``lb < cov_t < ub`` (``centred_covariance``).
+    ``max(int(ratio n_valid), 1)`` candidates (or all, if fewer) drawn uniformly at random are
+    dropped. The draw is ``torch.randperm`` over the global candidate count with ``generator``
+    (CPU); give every rank a generator seeded alike and the masks agree on all ranks.
+    """
+    check_same_shape(
+        "clip_cov", advantages=advantages, logprobs=logprobs, mask=mask, clipped=clipped
+    )
+    cov, n_valid = centred_covariance(advantages, logprobs, mask, group=group)
+    candidates = mask & ~clipped & (cov > lb) & (cov < ub)
+    n_candidates = int(global_sum(candidates.sum()))  # host sync; identical on every rank
+    n_drop = min(max(int(ratio * int(n_valid)), 1), n_candidates)
+    chosen = torch.randperm(n_candidates, generator=generator)[:n_drop]
+    dropped = global_position_select(candidates, chosen.to(mask.device), group=group)
+    return mask & ~dropped
+
+
+def top_entropy_mask(entropy: Tensor, mask: Tensor, *, rho: float = 0.2, group=None) -> Tensor:
+    """Keep only the high-entropy tokens (Wang et al. 2025, arXiv 2506.01939, "80/20").
+
+    ``entropy, mask``: ``[B, T]``. Keep iff ``H_t >= Q(1 - rho)``, the batch-global linear
+    ``(1 - rho)``-quantile of H over valid tokens (ties at the threshold are kept, so slightly
+    more than ``rho`` may survive). Returns bool ``[B, T]``.
+    """
+    check_same_shape("top_entropy", entropy=entropy, mask=mask)
+    rho = check_number("top_entropy", "rho", rho, low=0.0, high=1.0, low_open=True)
+    threshold = masked_quantile(entropy, mask, 1.0 - rho, group=group)
+    return mask & (entropy.detach().to(threshold.dtype) >= threshold)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ClipCov(Filter):
+    """``clip_cov``: drop a random few high-covariance tokens (``clip_cov_mask``).
+
+    ``seed`` seeds a CPU generator owned by the part; every plan draws from it in turn, so ranks
+    that build the same spec draw the same tokens.
+    """
+
+    name: ClassVar[str] = "clip_cov"
+    ratio: float = 2e-4
+    lb: float = 1.0
+    ub: float = 5.0
+    seed: int = 0
+    generator: torch.Generator = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_number("clip_cov", "ratio", self.ratio, low=0.0, high=1.0, low_open=True)
+        check_number("clip_cov", "lb", self.lb)
+        check_number("clip_cov", "ub", self.ub, low=self.lb, low_open=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"clip_cov: seed must be an int, got {self.seed!r}")
+        object.__setattr__(self, "generator", torch.Generator().manual_seed(self.seed))
+
+    def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None):
+        keep = clip_cov_mask(
+            batch.advantages,
+            batch.logprobs,
+            batch.mask,
+            clipped,
+            ratio=self.ratio,
+            lb=self.lb,
+            ub=self.ub,
+            generator=self.generator,
+            group=group,
+        )
+        return keep, dg.drop_fractions(
+            keep, batch.mask, batch.advantages, prefix="clip_cov", group=group
+        )
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class TopEntropy(Filter):
+    """``top_entropy``: policy gradient only on the top ``rho`` entropy tokens."""
+
+    name: ClassVar[str] = "top_entropy"
+    rho: float = 0.2
+
+    def __post_init__(self) -> None:
+        check_number("top_entropy", "rho", self.rho, low=0.0, high=1.0, low_open=True)
+
+    def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None):
+        keep = top_entropy_mask(batch.entropy, batch.mask, rho=self.rho, group=group)
+        return keep, dg.drop_fractions(
+            keep, batch.mask, batch.advantages, prefix="top_entropy", group=group
+        )

@@ -1,0 +1,174 @@
+"""Loss regularisers: entropy bonus (static, adaptive), KL-Cov penalty, KL to a reference."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .. import diagnostics as dg
+from ..distributed import global_sum, masked_topk
+from ._checks import check_choice, check_number, check_same_shape
+from .base import Plan, Regulariser, TokenBatch
+from .filters import centred_covariance
+from .registry import register
+
+__all__ = ["AdaptiveEntropyBonus", "EntropyBonus", "KlCov", "KlRef", "kl_cov_select", "kl_estimate"]
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def _per_kept_token(values: Tensor, plan: Plan) -> Tensor:
+    """Sum of ``values`` over the plan's kept tokens / the global kept count (additive)."""
+    total = torch.where(plan.keep, values.detach(), 0.0).sum()
+    return total / plan.num_tokens.clamp(min=1).to(total.device, total.dtype)
+
+
+def kl_cov_select(
+    advantages: Tensor, logprobs: Tensor, mask: Tensor, *, ratio: float = 0.002, group=None
+) -> Tensor:
+    """KL-Cov's tokens: the top ``k = max(1, int(ratio n_valid))`` valid tokens by ``cov_t``.
+
+    ``advantages, logprobs, mask``: ``[B, T]``; ``cov_t`` from ``centred_covariance``
+    (batch-global means); ties broken by global position. Returns bool ``[B, T]``.
+    """
+    cov, n_valid = centred_covariance(advantages, logprobs, mask, group=group)
+    k = max(1, int(ratio * int(n_valid)))
+    return masked_topk(cov, mask, k, group=group)
+
+
+def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, *, estimator: str = "k3") -> Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from sampled tokens, ``[B, T]``.
+
+    With ``log_ratio = log pi - log pi_ref`` (Schulman's names):
+    ``k1 = log_ratio`` (unbiased, high variance), ``k2 = log_ratio^2 / 2``,
+    ``k3 = exp(-log_ratio) + log_ratio - 1`` (unbiased, non-negative; GRPO's choice).
+    """
+    check_same_shape("kl_ref", logprobs=logprobs, ref_logprobs=ref_logprobs)
+    check_choice("kl_ref", "estimator", estimator, KL_ESTIMATORS)
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio.square()
+    return torch.exp(-log_ratio) + log_ratio - 1.0
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class EntropyBonus(Regulariser):
+    """``entropy_bonus``: ``loss_t -= coef * H_t`` on every kept token (raises entropy)."""
+
+    name: ClassVar[str] = "entropy_bonus"
+    needs_entropy: ClassVar[bool] = True
+    coef: float = 0.001
+
+    def __post_init__(self) -> None:
+        check_number(self.name, "coef", self.coef, low=0.0)
+
+    def current_coef(self) -> float:
+        return float(self.coef)
+
+    def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan):
+        if entropy is None:
+            raise ValueError(f"{self.name} needs entropy (with gradient) in token_loss(...)")
+        coef = self.current_coef()
+        metrics = {
+            dg.ENTROPY_BONUS_ENTROPY: _per_kept_token(entropy, plan),
+            dg.ENTROPY_BONUS_COEF: torch.tensor(coef),
+        }
+        return -coef * entropy, metrics
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class AdaptiveEntropyBonus(EntropyBonus):
+    """``adaptive_entropy_bonus`` (Skywork-OR1 style, arXiv 2505.22312).
+
+    Like ``entropy_bonus``, but after each step the coefficient moves by ``step`` towards
+    holding the batch entropy at ``target``: up when the mean entropy of kept tokens is below
+    ``target``, down otherwise, clamped to ``[min_coef, max_coef]``; ``coef`` is its start.
+    Defaults are ours (target 0.2 nats, step 0.005, start 0, at most 0.05).
+    """
+
+    name: ClassVar[str] = "adaptive_entropy_bonus"
+    coef: float = 0.0
+    target: float = 0.2
+    step: float = 0.005
+    min_coef: float = 0.0
+    max_coef: float = 0.05
+    state: list = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_number(self.name, "min_coef", self.min_coef, low=0.0)
+        check_number(self.name, "max_coef", self.max_coef, low=self.min_coef)
+        check_number(self.name, "coef", self.coef, low=self.min_coef, high=self.max_coef)
+        check_number(self.name, "target", self.target, low=0.0)
+        check_number(self.name, "step", self.step, low=0.0, low_open=True)
+        object.__setattr__(self, "state", [float(self.coef)])
+
+    def current_coef(self) -> float:
+        return self.state[0]
+
+    def step_end(self, metrics) -> None:
+        """``metrics[ENTROPY_BONUS_ENTROPY]``: the step's mean entropy (summed over micro-batches)."""
+        if dg.ENTROPY_BONUS_ENTROPY not in metrics:
+            raise ValueError(
+                f"{self.name}.step_end needs metrics[{dg.ENTROPY_BONUS_ENTROPY!r}], "
+                "the sum over micro-batches of token_loss's metric"
+            )
+        entropy = float(metrics[dg.ENTROPY_BONUS_ENTROPY])
+        moved = self.state[0] + (self.step if entropy < self.target else -self.step)
+        self.state[0] = min(max(moved, self.min_coef), self.max_coef)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class KlCov(Regulariser):
+    """``kl_cov``: ``coef * |log p - old log p|`` on the top ``ratio`` tokens by covariance.
+
+    Cui et al. 2025. The penalty is zero on a strictly on-policy first update (log p = old).
+    """
+
+    name: ClassVar[str] = "kl_cov"
+    ratio: float = 0.002
+    coef: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_number(self.name, "ratio", self.ratio, low=0.0, high=1.0, low_open=True)
+        check_number(self.name, "coef", self.coef, low=0.0)
+
+    def select(self, batch: TokenBatch, *, group=None):
+        selected = kl_cov_select(
+            batch.advantages, batch.logprobs, batch.mask, ratio=self.ratio, group=group
+        )
+        counts = global_sum(torch.stack([selected.sum(), batch.mask.sum()]))
+        return selected, {dg.KL_COV_FRAC_SELECTED: counts[0] / counts[1].clamp(min=1)}
+
+    def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan):
+        penalty = torch.where(selected, self.coef * (logprobs - old_logprobs).abs(), 0.0)
+        return penalty, {dg.KL_COV_PENALTY: _per_kept_token(penalty, plan)}
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class KlRef(Regulariser):
+    """``kl_ref``: ``coef * KL estimate`` to a reference policy (``kl_estimate``; k1/k2/k3)."""
+
+    name: ClassVar[str] = "kl_ref"
+    needs_ref_logprobs: ClassVar[bool] = True
+    coef: float = 0.001
+    estimator: str = "k3"
+
+    def __post_init__(self) -> None:
+        check_number(self.name, "coef", self.coef, low=0.0)
+        check_choice(self.name, "estimator", self.estimator, KL_ESTIMATORS)
+
+    def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan):
+        if ref_logprobs is None:
+            raise ValueError("kl_ref needs ref_logprobs [B, T] in token_loss(...)")
+        kl = kl_estimate(logprobs, ref_logprobs, estimator=self.estimator)
+        return self.coef * kl, {dg.KL_REF: _per_kept_token(kl, plan)}
