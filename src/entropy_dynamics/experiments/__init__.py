@@ -1,0 +1,60 @@
+"""The paper's claims as runnable experiments, registered by name (``entropy-dynamics reproduce``).
+
+Each experiment is a module with ``run(out_dir, *, quick=False) -> ExperimentResult``; it writes
+``out_dir/NAME/result.json``, its figures and its report section (see ``common``). Modules are
+imported only when run, so listing the names costs nothing.
+
+    >>> from entropy_dynamics import experiments
+    >>> experiments.names()[:2]
+    ['theory', 'network']
+    >>> result = experiments.run("theory", out_dir="runs/reproduce", quick=True)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+
+from .common import ExperimentResult, write_report, write_result
+
+__all__ = ["DESCRIPTIONS", "names", "run", "run_all"]
+
+# name -> (module, one-line description), in report order.
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "theory": ("theory_check", "Thm 3.2/3.3 first-order predictions vs exact entropy changes"),
+    "network": ("network", "one optimiser step on a real network: predicted vs measured dH"),
+    "sign-test": ("sign_test", "four-condition masking: sample sign x S_* sign moves entropy"),
+    "corollary": ("corollary", "Cor. 3.5: batch mean of S_* - N vs batch mean of S_*"),
+    "clipped-tokens": ("clipped_tokens", "probabilities of the tokens PPO's ratio clip removes"),
+    "methods": ("methods_compare", "entropy methods side by side: entropy, avg@k, pass@k"),
+    "mu": ("mu_sweep", "Clip_B / Clip_V mu sweeps: fraction dropped and entropy"),
+}
+DESCRIPTIONS = {name: desc for name, (_, desc) in _REGISTRY.items()}
+
+
+def names() -> list[str]:
+    """Registered experiment names, in report order."""
+    return list(_REGISTRY)
+
+
+def _module(name: str):
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown experiment {name!r}; valid names: {', '.join(names())}, all")
+    return importlib.import_module(f"{__name__}.{_REGISTRY[name][0]}")
+
+
+def run(name: str, *, out_dir: str | os.PathLike = "runs/reproduce", quick: bool = False) -> ExperimentResult:
+    """Run experiment ``name``; write ``out_dir/name/result.json``, figures, and ``report.md``."""
+    module = _module(name)
+    start = time.perf_counter()
+    result = module.run(out_dir, quick=quick)
+    result.duration_s = time.perf_counter() - start
+    write_result(result, out_dir)
+    write_report(result, out_dir, names())
+    return result
+
+
+def run_all(*, out_dir: str | os.PathLike = "runs/reproduce", quick: bool = False) -> list[ExperimentResult]:
+    """Run every experiment in order into one ``out_dir`` (one ``report.md``)."""
+    return [run(name, out_dir=out_dir, quick=quick) for name in names()]

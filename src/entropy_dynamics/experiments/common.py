@@ -1,0 +1,261 @@
+"""What every experiment shares: claims, the result.json writer, figures, and report sections.
+
+An experiment writes, under ``OUT/NAME/``: ``result.json`` (its claims, measurements and
+settings), its PNG figures, and ``section.md`` (its part of the report). ``OUT/report.md`` is
+rebuilt after each run from every ``section.md`` present, in registry order, so running one
+experiment updates its own section and keeps the others.
+
+``result.json`` schema::
+
+    {"name": str, "quick": bool, "duration_s": float, "settings": {...},
+     "claims": [{"claim": str, "holds": bool, "measured": ..., "threshold": ..., "note": str}],
+     "metrics": {...}, "figures": [file names], "notes": str}
+
+Non-finite floats are written as ``null`` (strict JSON), never as ``NaN``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Claim",
+    "ExperimentResult",
+    "Timer",
+    "correlations",
+    "fit_loglog_slope",
+    "jsonable",
+    "markdown_table",
+    "new_figure",
+    "save_figure",
+    "sign_agreement",
+    "write_report",
+    "write_result",
+]
+
+
+@dataclass
+class Claim:
+    """One checked statement: ``holds`` is decided by comparing ``measured`` with ``threshold``.
+
+    ``measured`` and ``threshold`` are numbers, lists or small dicts (JSON); ``note`` says in words
+    how the comparison is made (for example "slope within threshold of 2").
+    """
+
+    claim: str
+    holds: bool
+    measured: Any
+    threshold: Any
+    note: str = ""
+
+
+@dataclass
+class ExperimentResult:
+    """Everything one experiment reports; ``write_result`` turns it into ``result.json``."""
+
+    name: str
+    quick: bool
+    claims: list[Claim] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)
+    notes: str = ""
+    duration_s: float = 0.0
+
+    def check(self, claim: str, holds: bool, measured: Any, threshold: Any, note: str = "") -> bool:
+        """Record a claim and return whether it holds."""
+        self.claims.append(Claim(claim, bool(holds), measured, threshold, note))
+        return bool(holds)
+
+
+class Timer:
+    """Context manager measuring wall time in seconds (``.elapsed``)."""
+
+    def __enter__(self) -> Timer:
+        self._start = time.perf_counter()
+        self.elapsed = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.elapsed = time.perf_counter() - self._start
+
+
+def jsonable(value: Any) -> Any:
+    """Convert tensors, numpy values, dataclasses and tuples to JSON types; NaN/inf become None."""
+    if hasattr(value, "detach") and hasattr(value, "tolist"):  # torch.Tensor
+        value = value.detach().cpu().tolist()
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if hasattr(value, "__dataclass_fields__"):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_result(result: ExperimentResult, out_dir: str | os.PathLike) -> Path:
+    """Write ``out_dir/<name>/result.json`` and return its path."""
+    path = Path(out_dir) / result.name / "result.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(jsonable(result), indent=2, allow_nan=False)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(path)
+    return path
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table; floats get 4 significant digits."""
+
+    def cell(v: Any) -> str:
+        if isinstance(v, bool):
+            return "yes" if v else "**no**"
+        if isinstance(v, float):
+            return "n/a" if not math.isfinite(v) else f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    """A compact one-line rendering of a measured value or threshold for the claims table."""
+    value = jsonable(value)
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, list) and len(value) <= 8:
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    if isinstance(value, dict) and len(value) <= 8:
+        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, dict)):
+        return f"({len(value)} values, see result.json)"
+    return str(value)
+
+
+def section_markdown(result: ExperimentResult) -> str:
+    """The report section of one experiment: claims table, notes, figures."""
+    size = "quick" if result.quick else "default"
+    held = sum(c.holds for c in result.claims)
+    lines = [
+        f"## {result.name}",
+        "",
+        f"Size: {size}; {result.duration_s:.1f} s; claims holding: {held}/{len(result.claims)}.",
+        "",
+        markdown_table(
+            ["claim", "holds", "measured", "threshold"],
+            [(c.claim, c.holds, _short(c.measured), _short(c.threshold)) for c in result.claims],
+        ),
+        "",
+    ]
+    if result.notes:
+        lines += [result.notes.strip(), ""]
+    lines += [f"![{f}]({result.name}/{f})" for f in result.figures]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(result: ExperimentResult, out_dir: str | os.PathLike, order: Sequence[str]) -> Path:
+    """Write ``out_dir/<name>/section.md`` and rebuild ``out_dir/report.md`` from all sections.
+
+    Sections appear in ``order`` (the registry's), each only if its ``section.md`` exists.
+    """
+    out = Path(out_dir)
+    section = out / result.name / "section.md"
+    section.parent.mkdir(parents=True, exist_ok=True)
+    section.write_text(section_markdown(result))
+    parts = ["# entropy-dynamics: the paper's claims at small scale", ""]
+    parts.append("Built by `entropy-dynamics reproduce`; each section comes from its `result.json`.\n")
+    for name in order:
+        path = out / name / "section.md"
+        if path.exists():
+            parts.append(path.read_text())
+    report = out / "report.md"
+    report.write_text("\n".join(parts))
+    return report
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, *, width: float = 5.0, height: float = 4.0):
+    """A matplotlib figure with the Agg backend (no display needed): returns ``(fig, axes)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    return fig, axes
+
+
+def save_figure(fig, result: ExperimentResult, out_dir: str | os.PathLike, filename: str) -> Path:
+    """Save ``fig`` as ``out_dir/<name>/<filename>``, close it, and list it in the result."""
+    import matplotlib.pyplot as plt
+
+    path = Path(out_dir) / result.name / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    result.figures.append(filename)
+    return path
+
+
+def fit_loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """Least-squares slope of ``log y`` against ``log x`` (the order of an error term).
+
+    Points with ``y <= 0`` are skipped; fewer than two points give NaN.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    keep = (x > 0) & (y > 0) & np.isfinite(y)
+    if keep.sum() < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(x[keep]), np.log(y[keep]), 1)[0])
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank), as Spearman's coefficient needs."""
+    order = np.argsort(a, kind="mergesort")
+    ranks = np.empty(len(a), dtype=np.float64)
+    ranks[order] = np.arange(len(a), dtype=np.float64)
+    _, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]
+
+
+def correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Pearson and Spearman correlation of two equal-length samples (NaN if either is constant)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same length, got {x.shape} and {y.shape}")
+
+    def pearson(a: np.ndarray, b: np.ndarray) -> float:
+        a = a - a.mean()
+        b = b - b.mean()
+        denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
+        return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+    if len(x) < 2:
+        return {"pearson": float("nan"), "spearman": float("nan")}
+    return {"pearson": pearson(x, y), "spearman": pearson(_ranks(x), _ranks(y))}
+
+
+def sign_agreement(predicted: Sequence[float], measured: Sequence[float]) -> float:
+    """Fraction of entries where ``sign(predicted) == sign(measured)`` (NaN for no entries)."""
+    p = np.sign(np.asarray(predicted, dtype=np.float64).ravel())
+    m = np.sign(np.asarray(measured, dtype=np.float64).ravel())
+    return float((p == m).mean()) if len(p) else float("nan")
