@@ -1,0 +1,28 @@
+"""The metric keys the report reads: the constants of `entropy_dynamics.diagnostics` where declared."""
+
+from __future__ import annotations
+
+from entropy_dynamics.diagnostics import (
+    ENTROPY_MEAN,
+    LOSS_CLIP_FRAC_HIGH,
+    LOSS_CLIP_FRAC_LOW,
+    PRED_DELTA,
+)
+
+ENTROPY = ENTROPY_MEAN
+# The Theorem 3.3 prediction, batch mean, logged at probe steps.
+PRED_DELTA_PAPER = PRED_DELTA
+# Not (yet) declared in diagnostics.py: the names train/probe.py and the loop write.
+PRED_DELTA_LOGIT = "entropy/pred_delta_logit"
+MEASURED_DELTA = "entropy/measured_delta"
+REWARD = "reward/mean"
+
+# Fractions of valid tokens removed from the loss: every filter's `<name>/frac_dropped`
+# (clip_b, clip_v, clip_cov, top_entropy) and the PPO ratio clipping fractions.
+_DROP_SUFFIX = "/frac_dropped"
+CLIP_FRACTIONS = (LOSS_CLIP_FRAC_LOW, LOSS_CLIP_FRAC_HIGH)
+
+
+def is_drop_fraction(key: str) -> bool:
+    """True for `clip_b/frac_dropped`-style filter metrics and the PPO clip fractions."""
+    return key.endswith(_DROP_SUFFIX) or key in CLIP_FRACTIONS
