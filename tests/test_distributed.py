@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from _dist_util import run_in_processes
 from entropy_dynamics import distributed as D
@@ -147,6 +149,44 @@ def test_bad_input_raises_clear_errors():
         D.masked_topk(nan_values, mask, 1)
 
 
+@st.composite
+def _masked_batches(draw):
+    B, T = draw(st.integers(1, 5)), draw(st.integers(1, 6))
+    # few distinct values (many ties), including negatives and zero
+    values = draw(st.lists(st.integers(-3, 3), min_size=B * T, max_size=B * T))
+    mask = draw(st.lists(st.booleans(), min_size=B * T, max_size=B * T))
+    return (torch.tensor(values, dtype=torch.float32).reshape(B, T) / 2,
+            torch.tensor(mask).reshape(B, T))
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=_masked_batches(), k=st.integers(0, 40))
+def test_masked_topk_property_matches_sort_by_value_then_position(batch, k):
+    values, mask = batch
+    # reference: valid (value, position) pairs, sorted by value descending then position
+    valid = [(v, i) for i, (v, m) in enumerate(zip(values.flatten().tolist(),
+                                                    mask.flatten().tolist(), strict=True)) if m]
+    chosen = {i for _, i in sorted(valid, key=lambda pair: (-pair[0], pair[1]))[:k]}
+    expected = torch.tensor([i in chosen for i in range(values.numel())]).reshape(values.shape)
+    assert D.masked_topk(values, mask, k).equal(expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=_masked_batches(), q=st.floats(0.0, 1.0))
+def test_masked_quantile_and_mean_std_property_match_numpy(batch, q):
+    values, mask = batch
+    ref = values[mask].double().numpy()
+    got = D.masked_quantile(values, mask, q).item()
+    mean, std, count = D.masked_mean_std(values, mask)
+    assert count.item() == ref.size
+    if ref.size == 0:
+        assert (got, mean.item(), std.item()) == (0.0, 0.0, 0.0)
+    else:
+        np.testing.assert_allclose(got, np.quantile(ref, q), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(mean.item(), ref.mean(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(std.item(), ref.std(), rtol=1e-6, atol=1e-7)
+
+
 # ---------------------------------------------------------------------------------------------
 # two gloo ranks vs one process on the concatenated batch
 
@@ -238,3 +278,14 @@ def test_two_rank_scenarios_are_not_trivial():
     assert gathered.numel() > 8
     assert gathered.unique().numel() < gathered.numel()  # ties exist
     assert _rank_batch("rank1_empty", 0)[1].any() and not _rank_batch("rank1_empty", 1)[1].any()
+
+
+def _fails_on_rank_1(r: int, world: int):
+    if r == 1:
+        raise ArithmeticError("deliberate failure on rank 1")
+    return r
+
+
+def test_launcher_reports_a_failing_rank_with_its_traceback():
+    with pytest.raises(RuntimeError, match=r"rank 1 failed:[\s\S]*deliberate failure on rank 1"):
+        run_in_processes(_fails_on_rank_1, world_size=2, timeout=60)
