@@ -1,0 +1,172 @@
+"""Run verifier calls in a child process with a hard wall-clock limit (killed and restarted on timeout).
+
+Why a process: math-verify's own timeouts use `signal.alarm`, which works only in the main thread
+(elsewhere `parse` raises ValueError) and cannot stop C code such as a huge integer power, and a
+reasoning-gym verifier (countdown) runs `sympy.parse_expr` on model output. A child process can
+always be killed. Cost: one start (about 1-3 s, once) and a pipe round trip per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+from .base import RewardTimeout
+
+_HEADER = struct.Struct("<Q")  # frame = 8-byte little-endian length + pickle
+
+
+def _write_frame(stream: IO[bytes], obj: Any) -> None:
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def _read_exact(stream: IO[bytes], size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            raise EOFError("verifier worker pipe closed")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_frame(stream: IO[bytes]) -> Any:
+    (size,) = _HEADER.unpack(_read_exact(stream, _HEADER.size))
+    return pickle.loads(_read_exact(stream, size))
+
+
+def _serve(preload: Sequence[str]) -> None:
+    """Child loop: import `preload`, say ready, then answer (fn, args) frames until stdin closes.
+
+    Replies go to a private copy of stdout; fd 1 is pointed at stderr so that library prints
+    cannot corrupt the reply stream.
+    """
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    requests = sys.stdin.buffer
+    for module in preload:
+        importlib.import_module(module)
+    _write_frame(replies, ("ready", None))
+    while True:
+        try:
+            fn, args = _read_frame(requests)
+        except EOFError:
+            return
+        try:
+            reply = ("ok", fn(*args))
+        except Exception as err:
+            reply = ("error", f"{type(err).__name__}: {err}")
+        _write_frame(replies, reply)
+
+
+class IsolatedWorker:
+    """A lazily started child process that runs module-level functions under a time limit.
+
+    `call(fn, *args)` returns `fn(*args)` computed in the child, raises `RewardTimeout` after
+    `timeout_s` seconds (the child is killed; the next call starts a fresh one), and RuntimeError
+    if `fn` raised there. `fn` and the arguments must be picklable (module-level functions).
+    The child is `python -m entropy_dynamics.tasks._verifier_worker` (a fresh interpreter with the
+    parent's sys.path; the parent's main script is never re-run). POSIX only (select on a pipe).
+    Thread-safe (calls are serialised). Pickling the worker drops the process.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 2.0,
+        start_timeout_s: float = 120.0,
+        preload: Sequence[str] = (),
+    ) -> None:
+        if not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
+            raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+        self.timeout_s = float(timeout_s)
+        self.start_timeout_s = float(start_timeout_s)
+        self.preload = tuple(preload)
+        self.timeouts = 0  # calls that ran out of time since construction
+        self.starts = 0  # worker processes started (1 + restarts after timeouts or crashes)
+        self._process: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self._lock:
+            process = self._ensure_started()
+            try:
+                _write_frame(process.stdin, (fn, args))
+                ready = self._wait(process, self.timeout_s)
+                status, value = _read_frame(process.stdout) if ready else (None, None)
+            except (EOFError, OSError) as err:
+                self._stop()
+                raise RuntimeError("verifier worker process died during a call") from err
+            if not ready:
+                self.timeouts += 1
+                self._stop()
+                raise RewardTimeout(f"{getattr(fn, '__name__', fn)} ran past "
+                                    f"{self.timeout_s:g} s; its worker process was killed")
+        if status == "error":
+            raise RuntimeError(f"verifier raised in its worker: {value}")
+        return value
+
+    @staticmethod
+    def _wait(process: subprocess.Popen, timeout_s: float) -> bool:
+        readable, _, _ = select.select([process.stdout], [], [], timeout_s)
+        return bool(readable)
+
+    def _ensure_started(self) -> subprocess.Popen:
+        if self._process is not None and self._process.poll() is None:
+            return self._process
+        self._stop()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "entropy_dynamics.tasks._verifier_worker", *self.preload],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0,
+        )
+        self._process = process
+        try:
+            if not self._wait(process, self.start_timeout_s):
+                raise RuntimeError(f"not ready within {self.start_timeout_s:g} s")
+            _read_frame(process.stdout)  # ("ready", None)
+        except (RuntimeError, EOFError, OSError) as err:
+            self._stop()
+            raise RuntimeError(f"verifier worker failed to start: {err}") from err
+        self.starts += 1
+        return process
+
+    def _stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        for stream in (process.stdin, process.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_process=None, _lock=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter shutdown modules may be gone
+            self._stop()
