@@ -1,0 +1,168 @@
+"""The `entropy-dynamics` command: train, eval, report, demo, lens, reproduce.
+
+    entropy-dynamics train --config configs/demo.yaml rollout.group_size=8 method.spec=clip_b
+    entropy-dynamics train --config configs/demo.yaml --resume
+    entropy-dynamics eval runs/demo/grpo --k 16
+    entropy-dynamics report runs/demo/grpo runs/demo/clip_b --out runs/demo
+    entropy-dynamics demo
+    entropy-dynamics lens runs/demo/grpo
+    entropy-dynamics reproduce all --quick
+
+Imports are lazy: `import entropy_dynamics.cli` and `--help` load neither transformers nor the
+trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+_OVERRIDES_HELP = (
+    "dotted overrides section.field=value (YAML values), e.g. rollout.group_size=8 "
+    "optim.lr=3e-4 method.spec='ppo + clip_b(mu=2.0)' task.options.digits=3; sections: model, "
+    "task, rollout, method, optim, logging; top-level: steps, seed, device"
+)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from entropy_dynamics.train.config import load_config
+    from entropy_dynamics.train.loop import NonFiniteLossError, train
+
+    overrides = list(args.overrides)
+    if args.run_dir:
+        overrides.append(f"logging.run_dir={args.run_dir}")
+    cfg = load_config(args.config, overrides)
+    try:
+        run_dir = train(cfg, resume=args.resume)
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from entropy_dynamics.train.evaluate_run import evaluate_run
+
+    result = evaluate_run(
+        Path(args.run_dir), k=args.k, n_eval=args.n, checkpoint=args.checkpoint,
+        temperature=args.temperature, write=not args.no_write,
+    )  # fmt: skip
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from entropy_dynamics.report import write_report
+
+    out = Path(args.out) if args.out else Path(args.run_dirs[0]).parent
+    path = write_report([Path(p) for p in args.run_dirs], out, title=args.title)
+    print(f"report: {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from entropy_dynamics.train.demo import run_demo
+
+    summary = run_demo(
+        config=args.config, out_dir=Path(args.out), overrides=list(args.overrides),
+        methods=args.methods,
+    )  # fmt: skip
+    for run in summary["runs"]:
+        final = run["final"]
+        print(
+            f"{run['name']:8s} entropy {final['entropy']:.3f}  reward {final['reward']:.3f}  "
+            f"avg@{final['k']} {final['avg@k']:.3f}  pass@{final['k']} {final['pass@k']:.3f}"
+        )
+    print(f"demo took {summary['duration_s']:.0f} s; report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _cmd_lens(args: argparse.Namespace) -> int:
+    from entropy_dynamics.train.lens_cli import run_lens
+
+    return run_lens(Path(args.run_dir), step=args.step, out=args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="entropy-dynamics",
+        description="Entropy-aware RL fine-tuning of language models (arXiv 2602.03392): train "
+        "with GRPO / Clip_B / Clip_V / ..., evaluate, and report how policy entropy moves.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a policy with the compact GRPO loop",
+                       description="Train with the compact single-device GRPO loop. Writes "
+                       "config.yaml, metrics.jsonl, eval.jsonl, checkpoints/ into the run "
+                       "directory (logging.run_dir).")  # fmt: skip
+    p.add_argument("--config", metavar="FILE", help="YAML configuration (configs/*.yaml)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run directory's latest checkpoint")  # fmt: skip
+    p.add_argument("--run-dir", metavar="DIR", help="shorthand for logging.run_dir=DIR")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's latest checkpoint on held-out prompts",
+                       description="avg@k, unbiased pass@k, greedy accuracy and the pass-rate "
+                       "histogram of a run's checkpoint on its task's held-out split.")  # fmt: skip
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--k", type=int, default=None, help="samples per problem (default: logging.eval_k)")
+    p.add_argument("--n", type=int, default=None, help="held-out problems (default: task.n_eval)")
+    p.add_argument("--checkpoint", default=None, help="a checkpoints/step-N folder (default: latest)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (default: rollout.temperature)")  # fmt: skip
+    p.add_argument("--no-write", action="store_true", help="do not append to RUN_DIR/eval.jsonl")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("report", help="figures + report.md + report.html comparing runs",
+                       description="Write report.md, a self-contained report.html and PNG "
+                       "figures comparing the given run directories.")  # fmt: skip
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default=None, help="output folder (default: the first run's parent)")
+    p.add_argument("--title", default=None, help="report title")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("demo", help="the paper's story in minutes: GRPO vs Clip_B vs Clip_V",
+                       description="SFT-warm-start the tiny char model on arithmetic (cached), "
+                       "train GRPO, Clip_B and Clip_V with one seed and budget, evaluate, and "
+                       "write OUT/report.md, report.html, figures and summary.json.")  # fmt: skip
+    p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
+    p.add_argument("--config", default=None, help="base config (default: configs/demo.yaml)")
+    p.add_argument("--methods", nargs="+", default=None, metavar="NAME=SPEC",
+                   help="runs as name=spec (default: grpo clip_b clip_v)")  # fmt: skip
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("lens", help="the unified lens on a run's saved training batch",
+                       description="Read RUN_DIR/batches/step-N.pt (saved when "
+                       "logging.save_batch_every > 0) and show, per method, which tokens it "
+                       "touches and their predicted entropy contribution.")  # fmt: skip
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--step", type=int, default=None, help="batch step (default: the latest)")
+    p.add_argument("--out", default=None, help="also write the lens result as JSON here")
+    p.set_defaults(func=_cmd_lens)
+
+    try:
+        from entropy_dynamics.experiments.cli import register
+    except ImportError:  # experiments not installed in this build
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as error:  # configuration and input errors: a message, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

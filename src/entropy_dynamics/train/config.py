@@ -1,0 +1,321 @@
+"""Trainer configuration: one frozen dataclass per concern, loaded from YAML with dotted overrides.
+
+    cfg = load_config("configs/demo.yaml", ["rollout.group_size=8", "method.spec=clip_b"])
+
+Every field is documented once, here. Invalid values raise ValueError naming the field, the
+value and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEDULES = ("constant", "linear", "cosine")
+DEVICES = ("cpu", "cuda", "auto")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which policy to train.
+
+    name: "tiny" (a small causal LM built from scratch with the character tokenizer), "smollm2"
+        (the packaged SmolLM2-135M-Instruct), or any Hugging Face id / local path.
+    tiny: keyword arguments for `models.build_tiny_model` (hidden size, layers, ...), used when
+        name is "tiny".
+    sft_steps: supervised warm-start steps on the task's reference answers before RL; 0 skips it.
+        A model built from scratch needs it (it cannot answer at all otherwise).
+    sft_lr / sft_batch_size: the warm start's AdamW learning rate and batch size.
+    sft_cache: directory for cached warm-started weights ("" = ~/.cache/entropy-dynamics/sft).
+    dtype: parameter dtype of the policy.
+    """
+
+    name: str = "tiny"
+    tiny: dict = field(default_factory=dict)
+    sft_steps: int = 0
+    sft_lr: float = 3e-3
+    sft_batch_size: int = 64
+    sft_cache: str = ""
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The verifiable-reward task.
+
+    name: a name known to `entropy_dynamics.tasks.get` (e.g. "arithmetic").
+    options: keyword arguments for the task (digits, operators, number of terms, ...).
+    n_train / n_eval: sizes of the disjoint train and held-out splits (fixed by `seed`).
+    reward_timeout_s: a reward call longer than this gives reward 0 and is counted.
+    """
+
+    name: str = "arithmetic"
+    options: dict = field(default_factory=dict)
+    n_train: int = 2000
+    n_eval: int = 64
+    reward_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Sampling of the G responses per prompt.
+
+    prompts_per_step: prompts per training batch (the batch has prompts_per_step * group_size rows).
+    group_size: G, responses sampled per prompt.
+    temperature / top_p: sampling temperature and nucleus mass. Log-probabilities and token
+        statistics use the same temperature (softmax(z / T)); top-p only restricts sampling.
+    max_new_tokens: response length limit.
+    """
+
+    prompts_per_step: int = 8
+    group_size: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 16
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """What the update optimises.
+
+    spec: a method specification for `methods.build` ("grpo", "clip_b", "ppo + clip_v(mu=8.5)").
+    advantage: advantage estimator name for `advantages.get` ("grpo", "dr_grpo", "rloo").
+    aggregation: loss reduction mode for `aggregate` ("token-mean", "seq-mean-token-mean", ...).
+    ppo_epochs: optimiser passes over each batch; > 1 makes later passes off-policy (ratio != 1).
+    micro_batch_size: rows per backward pass (gradient accumulation); 0 = the whole batch.
+    kl_coef: weight of a k3 KL penalty to the frozen initial policy; 0 disables it (and the
+        reference model).
+    """
+
+    spec: str = "grpo"
+    advantage: str = "grpo"
+    aggregation: str = "token-mean"
+    ppo_epochs: int = 1
+    micro_batch_size: int = 0
+    kl_coef: float = 0.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW, its schedule and gradient clipping.
+
+    lr: peak learning rate. schedule: "constant", "linear" (decay to 0) or "cosine" (to 0),
+    after `warmup_steps` of linear warm-up. grad_clip: max global grad norm (0 = off).
+    max_nonfinite: stop after this many consecutive steps with a non-finite loss.
+    """
+
+    lr: float = 1e-3
+    betas: tuple = (0.9, 0.999)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    max_nonfinite: int = 3
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where and how often things are written (every `*_every` = 0 disables that action).
+
+    run_dir: the run directory (layout in docs/architecture.md).
+    probe_every: entropy probe (re-measure after the update, compare with the prediction).
+    eval_every: held-out evaluation; the run always evaluates at its end when eval_k > 0.
+    eval_k: samples per held-out problem for avg@k / pass@k (pass@k uses k = eval_k).
+    checkpoint_every: checkpoint cadence; one is always written at the end.
+    save_batch_every: save the training batch + plan for `entropy-dynamics lens`.
+    tensorboard: also write TensorBoard events when tensorboard is installed.
+    progress: show a progress bar.
+    """
+
+    run_dir: str = "runs/run"
+    probe_every: int = 1
+    eval_every: int = 0
+    eval_k: int = 8
+    checkpoint_every: int = 50
+    save_batch_every: int = 0
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The whole run: `steps` RL steps with `seed` on `device`."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    steps: int = 100
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def _fail(name: str, value: Any, valid: str) -> None:
+    raise ValueError(f"config field {name}={value!r} is invalid; valid: {valid}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject invalid values with a message naming the field and the valid choices."""
+    positive = {
+        "rollout.prompts_per_step": cfg.rollout.prompts_per_step,
+        "rollout.group_size": cfg.rollout.group_size,
+        "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
+        "method.ppo_epochs": cfg.method.ppo_epochs,
+        "optim.max_nonfinite": cfg.optim.max_nonfinite,
+        "task.n_train": cfg.task.n_train,
+    }
+    for name, value in positive.items():
+        if value < 1:
+            _fail(name, value, "an integer >= 1")
+    non_negative = {
+        "steps": cfg.steps,
+        "model.sft_steps": cfg.model.sft_steps,
+        "task.n_eval": cfg.task.n_eval,
+        "method.micro_batch_size": cfg.method.micro_batch_size,
+        "optim.warmup_steps": cfg.optim.warmup_steps,
+        "logging.probe_every": cfg.logging.probe_every,
+        "logging.eval_every": cfg.logging.eval_every,
+        "logging.eval_k": cfg.logging.eval_k,
+        "logging.checkpoint_every": cfg.logging.checkpoint_every,
+        "logging.save_batch_every": cfg.logging.save_batch_every,
+    }
+    for name, value in non_negative.items():
+        if value < 0:
+            _fail(name, value, "an integer >= 0")
+    if not cfg.rollout.temperature > 0:
+        _fail("rollout.temperature", cfg.rollout.temperature, "a float > 0")
+    if not 0 < cfg.rollout.top_p <= 1:
+        _fail("rollout.top_p", cfg.rollout.top_p, "a float in (0, 1]")
+    if not cfg.optim.lr > 0:
+        _fail("optim.lr", cfg.optim.lr, "a float > 0")
+    if cfg.optim.grad_clip < 0:
+        _fail("optim.grad_clip", cfg.optim.grad_clip, "a float >= 0 (0 disables clipping)")
+    if cfg.method.kl_coef < 0:
+        _fail("method.kl_coef", cfg.method.kl_coef, "a float >= 0 (0 disables the KL term)")
+    if cfg.task.reward_timeout_s <= 0:
+        _fail("task.reward_timeout_s", cfg.task.reward_timeout_s, "a float > 0")
+    if cfg.optim.schedule not in SCHEDULES:
+        _fail("optim.schedule", cfg.optim.schedule, ", ".join(SCHEDULES))
+    if cfg.device not in DEVICES:
+        _fail("device", cfg.device, ", ".join(DEVICES))
+    if cfg.model.dtype not in DTYPES:
+        _fail("model.dtype", cfg.model.dtype, ", ".join(DTYPES))
+    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
+        _fail("optim.betas", cfg.optim.betas, "two floats in [0, 1)")
+
+
+_SECTIONS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    """The configuration as plain YAML-able Python values (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Convert a YAML value to the field's declared type, or raise naming the field."""
+    hint = {"int": int, "float": float, "str": str, "bool": bool, "dict": dict, "tuple": tuple}
+    kind = hint.get(annotation, annotation) if isinstance(annotation, str) else annotation
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is tuple and isinstance(value, list | tuple):
+        return tuple(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind in (str, bool, dict) and isinstance(value, kind):
+        return value
+    _fail(name, value, f"a value of type {getattr(kind, '__name__', kind)}")
+    return value  # unreachable
+
+
+def _build_section(section: str, values: dict) -> Any:
+    cls = _SECTIONS[section].default_factory
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ValueError(
+                f"unknown config field {section}.{key}; valid fields of {section}: "
+                + ", ".join(sorted(fields))
+            )
+        kwargs[key] = _coerce(f"{section}.{key}", value, fields[key].type)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> TrainConfig:
+    """Build a TrainConfig from nested plain values; unknown keys raise and list the valid ones."""
+    data = dict(data or {})
+    kwargs: dict[str, Any] = {}
+    top_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for key, value in data.items():
+        if key not in top_fields:
+            raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(top_fields)}")
+        if key in {"model", "task", "rollout", "method", "optim", "logging"}:
+            if not isinstance(value, dict):
+                _fail(key, value, "a mapping of its fields")
+            kwargs[key] = _build_section(key, value)
+        else:
+            kwargs[key] = _coerce(key, value, top_fields[key].type)
+    return TrainConfig(**kwargs)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `section.field=value` strings (values parsed as YAML) to a nested dict, in place.
+
+    `task.options.digits=3` reaches into dict-valued fields.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(
+                f"override {item!r} must look like section.field=value, e.g. rollout.group_size=8"
+            )
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {key!r} is not a section")
+        node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML file (or defaults when `path` is None) and apply dotted overrides."""
+    data: dict = {}
+    if path is not None:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    apply_overrides(data, list(overrides or []))
+    return from_dict(data)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the effective configuration as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,51 @@
+"""`entropy-dynamics eval RUN_DIR`: evaluate a run's checkpoint on its task's held-out split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from entropy_dynamics.train import checkpoint as ckpt
+from entropy_dynamics.train.config import load_config
+
+
+def evaluate_run(
+    run_dir: Path,
+    *,
+    k: int | None = None,
+    n_eval: int | None = None,
+    checkpoint: str | None = None,
+    temperature: float | None = None,
+    write: bool = True,
+) -> dict:
+    """Load RUN_DIR/config.yaml and a checkpoint (default: the latest), evaluate, and return the
+    eval.jsonl record (appended to RUN_DIR/eval.jsonl when `write`)."""
+    from entropy_dynamics import tasks
+    from entropy_dynamics.train.evaluate import evaluate
+    from entropy_dynamics.train.logging import append_jsonl
+    from entropy_dynamics.train.rewards import SafeReward
+    from entropy_dynamics.train.setup import build_policy
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise ValueError(f"run_dir {run_dir}: no config.yaml (is it a training run directory?)")
+    cfg = load_config(run_dir / "config.yaml")
+    path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir)
+    if path is None or not (path / "state.json").exists():
+        raise ValueError(f"run_dir {run_dir}: no checkpoint found under checkpoints/")
+    model, tokenizer = build_policy(cfg, warm_start=False)
+    state = ckpt.load_checkpoint(path, model=model, restore_rng=False)
+    task = tasks.get(cfg.task.name, **cfg.task.options)
+    problems = task.problems("eval", n_eval or cfg.task.n_eval, seed=cfg.seed)
+    if not problems:
+        raise ValueError("n_eval: the held-out split is empty; pass --n with a positive count")
+    result = evaluate(
+        model, tokenizer, task, problems, n=k or cfg.logging.eval_k or 8,
+        temperature=cfg.rollout.temperature if temperature is None else temperature,
+        top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
+        seed=cfg.seed + 7919 * state["step"],
+        reward_fn=SafeReward(task, timeout_s=cfg.task.reward_timeout_s),
+    )  # fmt: skip
+    record = {"step": state["step"], **result}
+    if write:
+        append_jsonl(run_dir / "eval.jsonl", record)
+    return record

@@ -1,0 +1,132 @@
+"""Run logging: crash-safe JSONL (one whole line per write, flushed and fsynced), TensorBoard, progress.
+
+A `kill -9` can at worst lose the line being written; it never leaves half a line behind
+because each record is one `os.write` of a complete line followed by `fsync`. On resume,
+`truncate_jsonl` drops records beyond the checkpoint's step (and any torn last line).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _plain(value: Any) -> Any:
+    """Tensors / numpy scalars -> Python floats; non-finite floats -> None (JSON has no NaN)."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one JSON record as a single line: one write, then flush and fsync."""
+    line = (json.dumps(_plain(record), allow_nan=False) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every complete, valid JSON line of a file ([] when it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def truncate_jsonl(path: str | Path, max_step: int) -> None:
+    """Keep only whole records with step <= max_step (rewritten atomically)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= max_step]
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunLogger:
+    """Writes step metrics to metrics.jsonl (+ TensorBoard) and evaluations to eval.jsonl."""
+
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                self.writer = None
+            else:
+                self.writer = SummaryWriter(str(self.run_dir / "tb"))
+
+    def log_step(self, step: int, metrics: dict) -> None:
+        append_jsonl(self.run_dir / "metrics.jsonl", {"step": step, **metrics})
+        if self.writer is not None:
+            for name, value in _plain(metrics).items():
+                if isinstance(value, int | float):
+                    self.writer.add_scalar(name, value, step)
+
+    def log_eval(self, step: int, result: dict) -> None:
+        append_jsonl(self.run_dir / "eval.jsonl", {"step": step, **result})
+        if self.writer is not None:
+            for key in ("avg@k", "pass@k"):
+                for k, value in result.get(key, {}).items():
+                    self.writer.add_scalar(f"eval/{key[:-2]}{k}", value, step)
+            if "greedy_acc" in result:
+                self.writer.add_scalar("eval/greedy_acc", result["greedy_acc"], step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Progress:
+    """A tqdm progress bar when tqdm is installed and enabled, else silent."""
+
+    def __init__(self, total: int, initial: int = 0, *, enabled: bool = True, desc: str = ""):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, leave=False)
+
+    def update(self, metrics: dict) -> None:
+        if self.bar is None:
+            return
+        shown = {k.split("/")[0][:3] + "/" + k.split("/")[-1][:4]: v for k, v in metrics.items()}
+        self.bar.set_postfix({k: f"{float(v):.3g}" for k, v in list(shown.items())[:4]})
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def warn(message: str) -> None:
+    """A warning on stderr that stays readable beside a progress bar."""
+    print(f"[entropy-dynamics] warning: {message}", file=sys.stderr, flush=True)

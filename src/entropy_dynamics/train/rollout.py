@@ -1,0 +1,170 @@
+"""Rollouts: sample G responses per prompt with a KV cache, and the teacher-forced policy forward.
+
+Our own sampling loop (not `model.generate`): on the tiny model it is several times faster,
+because `generate` spends most of each token in Python bookkeeping (measured in
+benchmarks/bench_trainer.py). Prompts are left-padded so that every response starts at the same
+column; responses are right-padded after EOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled responses, rows grouped by prompt (rows g*G .. g*G+G-1 share a prompt).
+
+    input_ids: [B, P + T] left-padded prompt followed by the response.
+    attention_mask: [B, P + T] 1 for real prompt tokens and every response column.
+    response_ids: [B, T] sampled tokens (pad after EOS).
+    response_mask: bool [B, T] True for generated tokens up to and including EOS.
+    sampler_logprobs: [B, T] log-prob of each sampled token under softmax(z / temperature) as
+        seen by the sampler (KV-cache numerics; 0 at masked positions).
+    texts: B decoded responses (EOS and padding removed).
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    response_ids: Tensor
+    response_mask: Tensor
+    sampler_logprobs: Tensor
+    texts: list[str]
+
+    @property
+    def prompt_len(self) -> int:
+        return self.input_ids.shape[1] - self.response_ids.shape[1]
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id
+    return tokenizer.eos_token_id if pad is None else pad
+
+
+def encode_prompts(tokenizer, prompts: list[str], *, device="cpu") -> tuple[Tensor, Tensor]:
+    """Left-pad the tokenised prompts: (input_ids [B, P], attention_mask [B, P])."""
+    rows = [tokenizer(p)["input_ids"] for p in prompts]  # with BOS where the tokenizer adds one
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("prompts: every prompt must tokenise to at least one token")
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), _pad_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _top_p_filter(logits: Tensor, top_p: float) -> Tensor:
+    """Set logits outside the smallest set with cumulative probability >= top_p to -inf. [B, V]."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token crossing top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+@torch.no_grad()
+def sample(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    group_size: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 16,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Sample `group_size` responses for each prompt (temperature 0 = greedy).
+
+    Rows are ordered prompt-major: row g*G + j is sample j of prompt g. Sampling stops at EOS or
+    after max_new_tokens; log-probs are taken under softmax(z / temperature) before top-p.
+    """
+    if group_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"group_size={group_size}, max_new_tokens={max_new_tokens}: need >= 1")
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device=device)
+    prompt_ids = prompt_ids.repeat_interleave(group_size, 0)  # (B, P)
+    prompt_mask = prompt_mask.repeat_interleave(group_size, 0)
+    B = prompt_ids.shape[0]
+    eos, pad = tokenizer.eos_token_id, _pad_id(tokenizer)
+
+    position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, use_cache=True
+    )
+    cache, next_logits = out.past_key_values, out.logits[:, -1].float()  # (B, V)
+    next_position = position_ids[:, -1:] + 1
+    attention = prompt_mask
+    tokens, logprobs, alive_cols = [], [], []
+    alive = torch.ones(B, dtype=torch.bool, device=device)
+    for t in range(max_new_tokens):
+        if temperature == 0:
+            logp = next_logits.log_softmax(-1)
+            token = next_logits.argmax(-1)
+        else:
+            scaled = next_logits / temperature
+            logp = scaled.log_softmax(-1)
+            probs = _top_p_filter(scaled, top_p).softmax(-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        token = torch.where(alive, token, torch.full_like(token, pad))
+        tokens.append(token)
+        logprobs.append(torch.where(alive, logp.gather(-1, token[:, None])[:, 0], 0.0))
+        alive_cols.append(alive.clone())
+        alive = alive & (token != eos)
+        if not alive.any() or t == max_new_tokens - 1:
+            break
+        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=attention,
+            position_ids=next_position,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache, next_logits = out.past_key_values, out.logits[:, -1].float()
+        next_position = next_position + 1
+
+    response_ids = torch.stack(tokens, 1)  # (B, T)
+    response_mask = torch.stack(alive_cols, 1)
+    texts = decode_responses(tokenizer, response_ids, response_mask)
+    return Rollout(
+        input_ids=torch.cat([prompt_ids, response_ids], 1),
+        attention_mask=torch.cat([prompt_mask, torch.ones_like(response_ids)], 1),
+        response_ids=response_ids,
+        response_mask=response_mask,
+        sampler_logprobs=torch.stack(logprobs, 1),
+        texts=texts,
+    )
+
+
+def decode_responses(tokenizer, response_ids: Tensor, response_mask: Tensor) -> list[str]:
+    """Decode each row's masked tokens, dropping EOS."""
+    eos = tokenizer.eos_token_id
+    texts = []
+    for ids, keep in zip(response_ids.tolist(), response_mask.tolist(), strict=True):
+        kept = [i for i, k in zip(ids, keep, strict=True) if k and i != eos]
+        texts.append(tokenizer.decode(kept, skip_special_tokens=True))
+    return texts
+
+
+def response_logits(model, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
+    """Teacher-forced logits that predict the response tokens: [B, T, V] (fp32).
+
+    Column t of the result scores response token t (the model's output one position earlier).
+    """
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=input_ids[:, :-1],
+        attention_mask=attention_mask[:, :-1],
+        position_ids=position_ids[:, :-1],
+        use_cache=False,
+        logits_to_keep=response_len,  # only the T columns we need go through the output layer
+    ).logits  # (B, T, V)
+    return logits[:, -response_len:].float()

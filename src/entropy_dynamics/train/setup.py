@@ -1,0 +1,134 @@
+"""Trainer plumbing: build the policy (with its cached SFT warm start), the LR schedule, data order,
+and the per-step files the report and the lens read."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from entropy_dynamics.train.config import TrainConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when available else 'cpu'; 'cuda' without CUDA is an error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but CUDA is not available; valid here: cpu, auto")
+    return name
+
+
+def build_policy(cfg: TrainConfig, *, warm_start: bool = True, task=None):
+    """(model, tokenizer) for cfg.model, SFT-warm-started (cached) when cfg.model.sft_steps > 0.
+
+    The warm start trains on `task` (default: `tasks.get(cfg.task.name, **cfg.task.options)`).
+    """
+    from entropy_dynamics import models
+
+    device = resolve_device(cfg.device)
+    dtype = _DTYPES[cfg.model.dtype]
+    if cfg.model.name == "tiny":
+        tokenizer = models.build_char_tokenizer()
+        model = models.build_tiny_model(tokenizer, **{"seed": cfg.seed, **cfg.model.tiny})
+    else:
+        if cfg.model.tiny:
+            raise ValueError(
+                f"model.tiny is set but model.name={cfg.model.name!r}; model.tiny only applies "
+                "to model.name='tiny'"
+            )
+        model, tokenizer = models.load_model(cfg.model.name, dtype=dtype, device=device)
+    model = model.to(device=device, dtype=dtype)
+    if warm_start and cfg.model.sft_steps > 0:
+        from entropy_dynamics.train.sft import cached_warm_start
+
+        if task is None:
+            from entropy_dynamics import tasks
+
+            task = tasks.get(cfg.task.name, **cfg.task.options)
+        problems = task.problems("train", cfg.task.n_train, seed=cfg.seed)
+        cached_warm_start(model, tokenizer, task, problems, cfg=cfg)
+    model.eval()
+    return model, tokenizer
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Multiplier of optim.lr at each step: linear warm-up, then constant / linear / cosine to 0."""
+    warmup, total, schedule = cfg.optim.warmup_steps, max(cfg.steps, 1), cfg.optim.schedule
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        if schedule == "linear":
+            return 1.0 - progress
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def problem_order(n: int, cfg: TrainConfig, step: int) -> list[int]:
+    """Indices of the train problems used at `step` (0-based): epochs of seeded permutations.
+
+    The data position is step * prompts_per_step, so a resumed run continues exactly.
+    """
+    per_step = cfg.rollout.prompts_per_step
+    out, cache = [], {}
+    for position in range(step * per_step, (step + 1) * per_step):
+        epoch = position // n
+        if epoch not in cache:
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+            cache[epoch] = torch.randperm(n, generator=generator).tolist()
+        out.append(cache[epoch][position % n])
+    return out
+
+
+def save_step_data(run_dir, step: int, batch, plan, *, kind: str, spec: str = "") -> Path:
+    """Write dist/step-N.npz (per-token arrays for the report) or batches/step-N.pt (for the lens).
+
+    The .npz holds 1-D float32 arrays over the batch's valid tokens: discriminator, advantages,
+    entropy, baseline (when measured) and keep (the plan's filter decision).
+    """
+    mask = batch.mask
+    if kind == "dist":
+        arrays = {
+            "discriminator": batch.discriminator[mask],
+            "advantages": batch.advantages[mask],
+            "entropy": batch.entropy[mask],
+            "keep": plan.keep[mask].float(),
+        }
+        if batch.baseline is not None:
+            arrays["baseline"] = batch.baseline[mask]
+        path = Path(run_dir) / "dist" / f"step-{step}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **{k: v.detach().float().cpu().numpy() for k, v in arrays.items()})
+        return path
+    if kind == "batch":
+        fields = {
+            f.name: None if getattr(batch, f.name) is None else getattr(batch, f.name).detach().cpu()
+            for f in dataclasses.fields(batch)
+        }
+        path = Path(run_dir) / "batches" / f"step-{step}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "step": step,
+                "method": spec,
+                "batch": fields,
+                "plan": {
+                    "keep": plan.keep.cpu(),
+                    "weight": plan.weight.detach().cpu(),
+                    "selected": {k: v.cpu() for k, v in plan.selected.items()},
+                },
+            },
+            path,
+        )
+        return path
+    raise ValueError(f"kind={kind!r}: valid kinds are 'dist', 'batch'")
