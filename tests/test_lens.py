@@ -1,0 +1,111 @@
+"""The unified lens: per-token contributions match theory, quadrant split, method touches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from entropy_dynamics import theory
+from entropy_dynamics.lens import QUADRANTS, entropy_lens, token_contributions
+from entropy_dynamics.methods import TokenBatch, clip_b_mask, names
+from entropy_dynamics.token_stats import token_stats
+
+
+def _batch_from_logits(seed=0, B=6, T=10, V=20):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, V, generator=g, dtype=torch.float64) * 2
+    labels = torch.distributions.Categorical(logits=logits).sample()
+    stats = token_stats(logits, labels)
+    mask = torch.rand(B, T, generator=g) < 0.8
+    adv = torch.randn(B, 1, generator=g, dtype=torch.float64).expand(B, T).contiguous()
+    logp = stats.logprobs.detach()
+    batch = TokenBatch(
+        mask=mask,
+        advantages=adv,
+        logprobs=logp,
+        old_logprobs=logp + 0.2 * torch.randn(B, T, generator=g, dtype=torch.float64),
+        entropy=stats.entropy.detach(),
+        discriminator=stats.discriminator,
+        baseline=stats.baseline,
+    )
+    return batch, logits, labels
+
+
+def test_contributions_match_theorem_3_3():
+    batch, logits, labels = _batch_from_logits()
+    lr = 0.01
+    ratio = torch.exp(batch.logprobs - batch.old_logprobs)
+    alpha = lr * ratio * batch.advantages
+    want = theory.predict_grpo_step_change(logits, labels, alpha)
+    got = token_contributions(batch, lr=lr)
+    assert torch.allclose(got[batch.mask], want[batch.mask].to(got.dtype), atol=1e-10)
+    assert (got[~batch.mask] == 0).all()
+
+
+def test_hand_computed_quadrants():
+    # One token per quadrant; lr = 1, r = 1: contribution = -A (S - N).
+    S = torch.tensor([[0.3, 0.1, 0.3, 0.1]])
+    N = torch.tensor([[0.1, 0.3, 0.1, 0.3]])
+    A = torch.tensor([[1.0, 1.0, -2.0, -2.0]])
+    zeros = torch.zeros(1, 4)
+    batch = TokenBatch(
+        mask=torch.ones(1, 4, dtype=torch.bool),
+        advantages=A,
+        logprobs=zeros,
+        old_logprobs=zeros,
+        entropy=zeros,
+        discriminator=S,
+        baseline=N,
+    )
+    lens = entropy_lens(batch, lr=1.0, methods=["grpo"])
+    # -1 (0.2) = -0.2 (lowers); -1 (-0.2) = 0.2 (raises); 2 (0.2) = 0.4; 2 (-0.2) = -0.4.
+    want = [-0.2, 0.2, 0.4, -0.4]
+    assert torch.allclose(lens.contribution, torch.tensor([want]))
+    for name, value in zip(QUADRANTS, want, strict=True):
+        count, total = lens.quadrants[name]
+        assert int(count) == 1 and float(total) == pytest.approx(value)
+    assert float(lens.total) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_quadrants_partition_and_method_touches():
+    batch, _, _ = _batch_from_logits(seed=1)
+    lens = entropy_lens(
+        batch,
+        lr=0.1,
+        methods=["clip_b(mu=0.5)", "grpo", "kl_cov(ratio=0.05)", "w_reinforce", "entropy_bonus"],
+    )
+    nonzero_adv = batch.mask & (batch.advantages != 0)
+    assert sum(int(c) for c, _ in lens.quadrants.values()) == int(nonzero_adv.sum())
+    assert sum(float(s) for _, s in lens.quadrants.values()) == pytest.approx(float(lens.total))
+    dropped = batch.mask & ~clip_b_mask(batch.discriminator, batch.advantages, batch.mask, mu=0.5)
+    count, total, n_raise, n_lower = lens.methods["clip_b(mu=0.5)"]["dropped"]
+    assert int(count) == int(dropped.sum()) > 0
+    assert float(total) == pytest.approx(float(lens.contribution[dropped].sum()))
+    assert int(n_raise) + int(n_lower) == int(count)
+    ratio = torch.exp(batch.logprobs - batch.old_logprobs)
+    clipped = batch.mask & (
+        ((batch.advantages > 0) & (ratio > 1.2)) | ((batch.advantages < 0) & (ratio < 0.8))
+    )
+    assert int(lens.methods["grpo"]["clipped"][0]) == int(clipped.sum()) > 0
+    assert int(lens.methods["kl_cov(ratio=0.05)"]["penalised"][0]) == max(
+        1, int(0.05 * int(batch.mask.sum()))
+    )
+    assert int(lens.methods["w_reinforce"]["reweighted"][0]) == int(
+        (batch.mask & (batch.advantages > 0)).sum()
+    )
+    assert lens.dense == ("entropy_bonus",)
+
+
+def test_table_lists_every_preset():
+    batch, _, _ = _batch_from_logits(seed=2)
+    table = entropy_lens(batch, lr=1e-3).format_table()
+    for name in names("preset"):
+        assert name in table
+    for name in QUADRANTS:
+        assert name in table
+
+
+def test_lens_needs_baseline():
+    batch, _, _ = _batch_from_logits()
+    with pytest.raises(ValueError, match=r"needs TokenBatch\.baseline"):
+        entropy_lens(TokenBatch(**{**batch.__dict__, "baseline": None}), lr=1.0)
