@@ -89,6 +89,10 @@ def write_fake_run(run_dir: Path, *, name: str, method: str, seed: int, steps: i
         (run_dir / "dist").mkdir()
         for step in (steps // 2, steps):
             arrays = _fake_dist(rng)
+            if "clip_b" in method:  # the plan's keep: drop the lowest S_* of negative samples
+                low = np.quantile(arrays["discriminator"], 0.05)
+                drop = (arrays["advantages"] < 0) & (arrays["discriminator"] < low)
+                arrays["keep"] = (~drop).astype(np.float32)
             if dist == "npz":
                 np.savez_compressed(run_dir / "dist" / f"step-{step}.npz", **arrays)
             else:
@@ -223,6 +227,14 @@ def test_duplicate_run_names_are_made_unique(tmp_path):
     assert [row["name"] for row in summary_table(dirs)] == ["a/same", "b/same"]
 
 
+def test_identical_runs_are_named_in_a_note(tmp_path):
+    dirs = [write_fake_run(tmp_path / name, name=name, method="grpo", seed=4, steps=10, dist=None)
+            for name in ("first", "second")]
+    text = write_report(dirs, tmp_path / "out").read_text()
+    assert ("first, second have identical 'entropy/mean'; their marks overlap and only second "
+            "is visible") in text
+
+
 def test_pt_distribution_is_read_like_npz(tmp_path):
     run_dir = write_fake_run(tmp_path / "pt", name="pt", method="grpo", seed=3, steps=10,
                              dist="pt")
@@ -260,8 +272,16 @@ def test_discriminator_histograms_split_tokens_by_advantage_sign(two_runs):
         pos_up, neg_up = 100 * (S[A > 0] > 0).mean(), 100 * (S[A < 0] > 0).mean()
         pos_label, neg_label = (t.get_text() for ax in fig.axes[:2]
                                 for t in ax.get_legend().get_texts() if run.name in t.get_text())
-        assert pos_label == f"{run.name} (step 60): {n_pos} tokens, {pos_up:.0f}% > 0"
-        assert neg_label == f"{run.name} (step 60): {n_neg} tokens, {neg_up:.0f}% > 0"
+        dropped = ""
+        if "keep" in run.dist:
+            dropped_pos = int(((A > 0) & (run.dist["keep"] == 0)).sum())
+            dropped_neg = int(((A < 0) & (run.dist["keep"] == 0)).sum())
+            assert dropped_pos == 0 < dropped_neg  # the fake plan drops only A < 0 tokens
+            dropped = f", {dropped_pos} dropped", f", {dropped_neg} dropped"
+        assert pos_label == (f"{run.name} (step 60): {n_pos} tokens, {pos_up:.0f}% > 0"
+                             + (dropped[0] if dropped else ""))
+        assert neg_label == (f"{run.name} (step 60): {n_neg} tokens, {neg_up:.0f}% > 0"
+                             + (dropped[1] if dropped else ""))
         if (A == 0).any():
             assert f"{run.name}: {int((A == 0).sum())} token(s) with A = 0" in " ".join(notes)
 

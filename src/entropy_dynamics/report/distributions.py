@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib.ticker import LogLocator, NullFormatter, PercentFormatter
 
 from entropy_dynamics.report.figures import Colors, Drawn
-from entropy_dynamics.report.plotting import new_figure
+from entropy_dynamics.report.plotting import identical_notes, new_figure
 from entropy_dynamics.report.runs import Run
 
 # (short name for the x-axis and legend, title, function of the dist arrays, arrays it needs)
@@ -23,9 +23,9 @@ def draw_discriminator(runs: list[Run], colors: Colors) -> Drawn:
     Columns: tokens with A > 0 and A < 0 (A = 0 tokens carry no gradient and are left out).
     Rows: S_*, then S_* - N when a run saved the baseline N. Bins are shared by all runs and
     both columns of a row; the y-axis is the density on a log scale (at least three decades),
-    since S_* is concentrated near 0 with long tails. Legends give each run's token count and
-    the share of tokens above 0 (S_* > 0: relatively confident; S_* > N: entropy-lowering
-    when rewarded).
+    since S_* is concentrated near 0 with long tails. Legends give each run's token count, the
+    share of tokens above 0 (S_* > 0: relatively confident; S_* > N: entropy-lowering when
+    rewarded) and, when the file has the plan's `keep`, how many of them the method dropped.
     """
     notes: list[str] = []
     with_dist = [run for run in runs if run.dist is not None]
@@ -36,24 +36,30 @@ def draw_discriminator(runs: list[Run], colors: Colors) -> Drawn:
     rows = [q for q in _QUANTITIES if any(q[3] <= run.dist.keys() for run in with_dist)]
     fig, axes = new_figure(len(rows), 2, panel_width=5.4, panel_height=3.5)
     for row_index, (short, title, compute, needs) in enumerate(rows):
-        per_run = {run.name: (compute(run.dist), run.dist["advantages"], run.dist_step)
+        per_run = {run.name: (compute(run.dist), run.dist["advantages"], run.dist_step,
+                              run.dist.get("keep"))
                    for run in with_dist if needs <= run.dist.keys()}
-        pooled = np.concatenate([values for values, _, _ in per_run.values()])
+        notes += identical_notes(f"{short} and advantages", {
+            name: np.concatenate([values, adv]) for name, (values, adv, _, _) in per_run.items()})
+        pooled = np.concatenate([values for values, *_ in per_run.values()])
         low, high = float(pooled.min()), float(pooled.max())
         if high <= low:
             low, high = low - 0.5, high + 0.5
-        typical = np.median([values.size for values, _, _ in per_run.values()]) / 2
+        typical = np.median([values.size for values, *_ in per_run.values()]) / 2
         bins = np.linspace(low, high, int(np.clip(np.sqrt(typical), 15, 50)) + 1)
         for col, (sign, side) in enumerate(((1.0, "A > 0"), (-1.0, "A < 0"))):
             ax = axes[row_index, col]
-            for name, (values, advantages, step) in per_run.items():
-                chosen = values[np.sign(advantages) == sign]
+            for name, (values, advantages, step, keep) in per_run.items():
+                side_mask = np.sign(advantages) == sign
+                chosen = values[side_mask]
                 if chosen.size == 0:
                     continue
-                above = 100.0 * float((chosen > 0).mean())
+                label = (f"{name} (step {step}): {chosen.size} tokens, "
+                         f"{100.0 * float((chosen > 0).mean()):.0f}% > 0")
+                if keep is not None:
+                    label += f", {int((keep[side_mask] == 0).sum())} dropped"
                 ax.hist(chosen, bins=bins, density=True, histtype="step", linewidth=1.6,
-                        color=colors[name],
-                        label=f"{name} (step {step}): {chosen.size} tokens, {above:.0f}% > 0")
+                        color=colors[name], label=label)
             ax.axvline(0.0, color="0.4", linewidth=0.8, linestyle=":")
             _log_density_axis(ax)
             ax.set_title(f"{title}; tokens with {side}")

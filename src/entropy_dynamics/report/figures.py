@@ -14,6 +14,7 @@ from entropy_dynamics.report import keys
 from entropy_dynamics.report.plotting import (
     empty_note,
     format_ratio,
+    identical_notes,
     new_figure,
     pearson,
     plot_kwargs,
@@ -47,15 +48,16 @@ def draw_entropy(runs: list[Run], colors: Colors) -> Drawn:
     notes: list[str] = []
     fig, axes = new_figure(panel_width=7.0, panel_height=4.0)
     ax = axes[0, 0]
-    plotted = 0
+    drawn = {}
     for run in runs:
         steps, values = _series_or_note(run, keys.ENTROPY, notes)
         if steps.size:
             ax.plot(steps, values, color=colors[run.name], label=run.name,
                     **plot_kwargs(steps.size))
-            plotted += 1
-    if not plotted:
+            drawn[run.name] = np.concatenate([steps, values])
+    if not drawn:
         return None, notes
+    notes += identical_notes(f"'{keys.ENTROPY}'", drawn)
     ax.set_xlabel("training step")
     ax.set_ylabel("token-mean entropy (nats)")
     ax.set_title("Policy entropy of the sampled responses")
@@ -96,6 +98,8 @@ def draw_reward_accuracy(runs: list[Run], colors: Colors) -> Drawn:
                            label=run.name, linewidth=1.8)
         else:
             ax_reward.plot(steps, values, color=color, label=run.name, **plot_kwargs(steps.size))
+    notes += identical_notes(f"'{keys.REWARD}'", {name: np.concatenate(series) for name, series
+                                                  in rewards.items() if series[0].size})
     if have_reward:
         smooth = f"\nthin: per step; thick: mean of the last {window} steps" if window > 1 else ""
         ax_reward.set_title("Training reward" + smooth)
@@ -143,6 +147,7 @@ def draw_at_k(runs: list[Run], colors: Colors) -> Drawn:
     all_k: set[int] = set()
     plotted = 0
     for ax, key in zip(axes[0], ("avg@k", "pass@k"), strict=True):
+        drawn = {}
         for run in runs:
             row = _last_eval_with(run, key)
             if row is None:
@@ -152,7 +157,9 @@ def draw_at_k(runs: list[Run], colors: Colors) -> Drawn:
             ax.plot(ks, list(row[key].values()), color=colors[run.name], marker="o",
                     markersize=4, label=f"{run.name} (step {row['step']})")
             all_k.update(row[key])
+            drawn[run.name] = np.array([*row[key].items()], dtype=float)
             plotted += 1
+        notes += identical_notes(key, drawn)
         ax.set_xlabel("k (samples per prompt)")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{key} on held-out prompts (last evaluation)")
@@ -206,6 +213,8 @@ def draw_prediction(runs: list[Run], colors: Colors) -> Drawn:
         meas_all = np.concatenate([m for _, m in pairs.values()])
         ex = _exponent(np.concatenate([pred_all, meas_all]) if quantitative else pred_all)
         ey = ex if quantitative else _exponent(meas_all)
+        notes += identical_notes(f"'{key}' and '{keys.MEASURED_DELTA}'",
+                                 {name: np.concatenate(pair) for name, pair in pairs.items()})
         for name, (pred, meas) in pairs.items():
             ax.scatter(pred / 10.0**ex, meas / 10.0**ey, s=20, alpha=0.8, color=colors[name],
                        label=f"{name}: r = {format_ratio(pearson(pred, meas))}, n = {pred.size}")
@@ -264,11 +273,14 @@ def draw_drop_fractions(runs: list[Run], colors: Colors) -> Drawn:
     nrows = -(-len(drop_keys) // ncols)
     fig, axes = new_figure(nrows, ncols, panel_width=4.6, panel_height=3.4)
     for ax, key in zip(axes.flat, drop_keys, strict=False):
+        drawn = {}
         for run in runs:
             steps, values = run.series(key)
             if steps.size:
                 ax.plot(steps, values, color=colors[run.name], label=run.name,
                         **plot_kwargs(steps.size))
+                drawn[run.name] = np.concatenate([steps, values])
+        notes += identical_notes(f"'{key}'", drawn)
         ax.set_title(key)
         ax.set_xlabel("training step")
         ax.set_ylabel("tokens dropped (% of valid tokens)")

@@ -83,3 +83,17 @@ def empty_note(ax: Axes, text: str) -> None:
 
 def format_ratio(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.3f}"
+
+
+def identical_notes(what: str, data: dict[str, np.ndarray]) -> list[str]:
+    """Notes naming runs whose arrays in `data` are exactly equal: their marks hide each other."""
+    groups: list[list[str]] = []
+    for name, values in data.items():
+        for group in groups:
+            if np.array_equal(data[group[0]], values):
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    return [f"{', '.join(group)} have identical {what}; their marks overlap and only "
+            f"{group[-1]} is visible" for group in groups if len(group) > 1]
