@@ -289,3 +289,27 @@ def _fails_on_rank_1(r: int, world: int):
 def test_launcher_reports_a_failing_rank_with_its_traceback():
     with pytest.raises(RuntimeError, match=r"rank 1 failed:[\s\S]*deliberate failure on rank 1"):
         run_in_processes(_fails_on_rank_1, world_size=2, timeout=60)
+
+
+def test_masked_topk_accepts_numpy_and_tensor_ints():
+    values, mask = _example()
+    expected = D.masked_topk(values, mask, 2)
+    assert D.masked_topk(values, mask, np.int64(2)).equal(expected)
+    assert D.masked_topk(values, mask, torch.tensor(2)).equal(expected)
+    with pytest.raises(ValueError, match="k must be an int >= 0"):
+        D.masked_topk(values, mask, 2.0)
+    with pytest.raises(ValueError, match="k must be an int >= 0"):
+        D.masked_topk(values, mask, True)
+
+
+def _dies_on_rank_1(r: int, world: int):
+    if r == 1:
+        import os
+
+        os._exit(3)  # a crash: no exception, no result
+    return r
+
+
+def test_launcher_fails_fast_when_a_rank_dies_without_reporting():
+    with pytest.raises(RuntimeError, match="rank 1 exited with code 3"):
+        run_in_processes(_dies_on_rank_1, world_size=2, timeout=60)

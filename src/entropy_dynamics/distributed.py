@@ -21,6 +21,8 @@ the gathering functions (``gather_masked``, ``masked_quantile``, ``masked_topk``
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -265,8 +267,13 @@ def masked_topk(values: Tensor, mask: Tensor, k: int, *, group=None) -> Tensor:
     the global top-k), not all its values. NaN among the valid values raises.
     """
     _check_mask(values, mask)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+    try:
+        k_int = operator.index(k)  # accepts Python, numpy and 0-dim integer tensor ints
+    except TypeError:
+        k_int = -1
+    if isinstance(k, bool) or k_int < 0:
         raise ValueError(f"k must be an int >= 0, got {k!r}")
+    k = k_int
     rows = _rank_counts(mask, group, extra=(values.detach().isnan() & mask).sum())
     if any(nan_count for _, nan_count in rows):
         raise ValueError("values hold NaN at valid (mask=True) positions; top-k is undefined")
