@@ -1,3 +1,45 @@
-"""entropy-dynamics: predict, measure and control policy entropy in RL fine-tuning of LMs."""
+"""entropy-dynamics: predict, measure and control policy entropy in RL fine-tuning of LMs.
+
+The public names of ARCHITECTURE.md; importing the package pulls in torch and numpy only.
+"""
+
+from . import methods
+from .advantages import grpo_advantages
+from .aggregation import aggregate
+from .methods import clip_b_mask, clip_v_mask
+from .theory import (
+    discriminator,
+    entropy,
+    exact_entropy_change,
+    exact_grpo_step_change,
+    exact_single_logit_change,
+    grpo_step_delta,
+    predict_entropy_change,
+    predict_grpo_step_change,
+    predict_single_logit_change,
+    vocab_baseline,
+)
+from .token_stats import TokenStats, token_stats, token_stats_from_hidden
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "TokenStats",
+    "aggregate",
+    "clip_b_mask",
+    "clip_v_mask",
+    "discriminator",
+    "entropy",
+    "exact_entropy_change",
+    "exact_grpo_step_change",
+    "exact_single_logit_change",
+    "grpo_advantages",
+    "grpo_step_delta",
+    "methods",
+    "predict_entropy_change",
+    "predict_grpo_step_change",
+    "predict_single_logit_change",
+    "token_stats",
+    "token_stats_from_hidden",
+    "vocab_baseline",
+]
