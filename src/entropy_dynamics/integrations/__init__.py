@@ -1,0 +1,1 @@
+"""Plugins for the engines people already run: `trl` (TRL GRPOTrainer) and `verl` (policy losses)."""

@@ -1,0 +1,282 @@
+"""TRL plugin: `EntropyGRPOConfig` / `EntropyGRPOTrainer`, TRL's GRPOTrainer with our methods inside.
+
+    from entropy_dynamics.integrations.trl import EntropyGRPOConfig, EntropyGRPOTrainer
+    args = EntropyGRPOConfig(output_dir="out", entropy_method="clip_b(mu=2.5)")
+    EntropyGRPOTrainer(model=..., reward_funcs=..., args=args, train_dataset=...).train()
+
+What it adds to TRL's GRPO step, and nothing else (no formula lives here):
+1. After TRL generates and scores a generation batch (before it shuffles and splits it into
+   micro-batches), one no-grad pass of the current policy computes the token statistics
+   (log p, H, S_*, N; streamed from the final hidden states and the output layer, never the
+   `[B, T, V]` logits) and the method decides its plan on the WHOLE batch, all ranks together
+   (torch.distributed, initialised by accelerate). The keep mask and the weights travel with the
+   micro-batches as extra input columns.
+2. The loss applies them. When the method's surrogate is the plain `ppo` term (the default), TRL
+   computes its own loss for its `loss_type` and `epsilon`, with the dropped tokens removed from
+   its loss mask (so they also leave every denominator). Any other surrogate, a regulariser or a
+   reweight uses the method's own per-token loss and our aggregation, mapped from `loss_type`.
+3. The plan's batch-global metrics go into TRL's `self._metrics`, so they reach `report_to`.
+Only this module imports trl.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from entropy_dynamics import diagnostics, methods, models
+from entropy_dynamics.aggregation import aggregate
+from entropy_dynamics.methods import Plan, TokenBatch
+from entropy_dynamics.token_stats import token_stats_from_hidden
+
+__all__ = ["EntropyGRPOConfig", "EntropyGRPOTrainer"]
+
+# Columns added to TRL's inputs; TRL shuffles and splits them with the rest of the batch.
+KEEP_KEY = "entropy_keep"              # bool [B, T]
+WEIGHT_KEY = "entropy_weight"          # float [B, T]
+SELECTED_PREFIX = "entropy_selected/"  # bool [B, T] per regulariser that picks its tokens
+NUM_TOKENS_KEY = "entropy_num_tokens"  # 0-dim: global kept-token count (kept whole by TRL)
+NUM_SEQS_KEY = "entropy_num_seqs"      # 0-dim: global count of sequences with a kept token
+
+# TRL loss_type -> our aggregation mode, for the method's own surrogate (docs/architecture.md).
+_AGGREGATION = {
+    "grpo": "seq-mean-token-mean",
+    "bnpo": "token-mean",
+    "dapo": "token-mean",
+    "dr_grpo": "seq-mean-token-sum-norm",
+}
+
+
+@dataclass
+class EntropyGRPOConfig(GRPOConfig):
+    """TRL's `GRPOConfig` plus the entropy-dynamics method.
+
+    entropy_method: a method spec from `entropy_dynamics.methods` (a preset such as `"grpo"`,
+        `"clip_b"`, `"clip_v"`, or parts joined by `+`, e.g. `"ppo(eps_high=0.28) + clip_v(mu=8.5)"`).
+        A plain `ppo` surrogate defers to TRL's own `loss_type` and `epsilon`.
+    entropy_chunk_rows: rows per forward pass of the statistics pass (None: the per-device
+        train batch size); bounds the memory of that extra no-grad pass.
+    """
+
+    entropy_method: str = field(
+        default="grpo",
+        metadata={"help": "entropy-dynamics method spec, e.g. 'clip_b' or 'ppo + clip_v(mu=8.5)'."},
+    )
+    entropy_chunk_rows: int | None = field(
+        default=None,
+        metadata={"help": "rows per no-grad forward pass of the token-statistics pass."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        method = methods.build(self.entropy_method)  # fail at configuration time on a bad spec
+        if self.entropy_chunk_rows is not None and self.entropy_chunk_rows < 1:
+            raise ValueError(
+                f"entropy_chunk_rows must be a positive int or None, got {self.entropy_chunk_rows}"
+            )
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            raise ValueError(
+                "use_vllm with vllm_importance_sampling_correction=True is not supported: the "
+                "entropy statistics are measured under the training policy, not vLLM's; set "
+                "vllm_importance_sampling_correction=False"
+            )
+        if not _uses_trl_surrogate(method):
+            _check_method_loss_options(self)
+
+
+def _check_method_loss_options(args: EntropyGRPOConfig) -> None:
+    """Refuse the TRL options that the method's own loss (which replaces TRL's) cannot honour."""
+    reasons = []
+    if args.loss_type not in _AGGREGATION:
+        reasons.append(f"loss_type={args.loss_type!r} (valid here: {sorted(_AGGREGATION)})")
+    if args.beta != 0.0:
+        reasons.append(f"beta={args.beta} (use the method's kl_ref part instead)")
+    if args.top_entropy_quantile < 1.0:
+        reasons.append("top_entropy_quantile < 1 (use the method's top_entropy part)")
+    if args.off_policy_mask_threshold is not None:
+        reasons.append("off_policy_mask_threshold")
+    if args.importance_sampling_level != "token":
+        reasons.append(f"importance_sampling_level={args.importance_sampling_level!r}")
+    if args.entropy_coef != 0.0 or args.use_adaptive_entropy:
+        reasons.append("entropy_coef / use_adaptive_entropy (use the method's entropy_bonus part)")
+    if args.delta is not None:
+        reasons.append(f"delta={args.delta}")
+    if reasons:
+        raise ValueError(
+            f"entropy_method={args.entropy_method!r} has its own surrogate, regularisers or "
+            f"weights, which replace TRL's loss; these TRL options cannot be honoured with it: "
+            f"{'; '.join(reasons)}. Unset them, or use a plain 'ppo' surrogate so that TRL's "
+            "loss is kept"
+        )
+
+
+def _uses_trl_surrogate(method) -> bool:
+    """True when the method is TRL's own loss plus filters: the plain default `ppo` term."""
+    surrogate = method.surrogate
+    default = type(surrogate)() if surrogate.name == "ppo" else None
+    return (surrogate == default and not method.regularisers and not method.reweights)
+
+
+class EntropyGRPOTrainer(GRPOTrainer):
+    """TRL's `GRPOTrainer` whose token masks, weights and surrogate come from an entropy method.
+
+    After a training step, `last_token_batch` (TokenBatch, this rank's rows of the latest
+    generation batch, in generation order) and `last_plan` (its Plan) hold what was decided.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, EntropyGRPOConfig):
+            raise ValueError(
+                "EntropyGRPOTrainer needs args=EntropyGRPOConfig(...), got "
+                f"{type(self.args).__name__}; EntropyGRPOConfig takes every GRPOConfig option"
+            )
+        self.method = methods.build(self.args.entropy_method)
+        self.trl_surrogate = _uses_trl_surrogate(self.method)
+        self.last_token_batch: TokenBatch | None = None
+        self.last_plan: Plan | None = None
+        self._window_metrics: dict[str, torch.Tensor] = {}
+        if self.aux_loss_enabled and not self.trl_surrogate:
+            raise ValueError(
+                f"entropy_method={self.args.entropy_method!r} replaces TRL's loss, which would "
+                "drop this MoE model's router aux loss; set router_aux_loss_coef=0 or use a "
+                "plain 'ppo' surrogate"
+            )
+
+    # ------------------------------------------------------------------ the batch-global plan
+    @torch.no_grad()
+    def _token_statistics(self, output: dict[str, Any]):
+        """TokenStats `[B, T]` of the completion tokens under the current policy (no grad)."""
+        model = self.accelerator.unwrap_model(self.model)
+        if hasattr(model, "get_base_model"):  # PEFT: the LoRA layers stay active inside it
+            model = model.get_base_model()
+        weight, bias = models.model_output_layer(model)
+        prompt_ids, completion_ids = output["prompt_ids"], output["completion_ids"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        T = completion_ids.size(1)
+        rows = self.args.entropy_chunk_rows or self.args.per_device_train_batch_size
+        parts = []
+        for start in range(0, input_ids.size(0), rows):
+            ids, att = input_ids[start:start + rows], attention_mask[start:start + rows]
+            # The same backbone call as TRL's fused LM head, so log p matches TRL's own.
+            with self.accelerator.autocast():
+                hidden = model.base_model(input_ids=ids, attention_mask=att, use_cache=False)
+            hidden = hidden.last_hidden_state[:, -T - 1:-1]  # (b, T, D): position t predicts t+1
+            mask = output["completion_mask"][start:start + rows].bool()
+            parts.append(token_stats_from_hidden(
+                hidden, weight, completion_ids[start:start + rows], bias=bias,
+                temperature=self.temperature, mask=mask,
+            ))
+        return type(parts[0])(*(torch.cat(fields, dim=0) for fields in zip(*parts, strict=True)))
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        completion_mask = output["completion_mask"].bool()
+        mask = completion_mask
+        if output.get("tool_mask") is not None:
+            mask = mask & output["tool_mask"].bool()
+        stats = self._token_statistics(output)
+        advantages = output["advantages"]
+        if advantages.dim() == 1:
+            advantages = advantages.unsqueeze(1)
+        old_logprobs = output.get("old_per_token_logps")
+        batch = TokenBatch(
+            mask=mask,
+            advantages=advantages.expand_as(stats.logprobs).float(),
+            logprobs=stats.logprobs,
+            old_logprobs=stats.logprobs if old_logprobs is None else old_logprobs.float(),
+            entropy=stats.entropy,
+            discriminator=stats.discriminator,
+            baseline=stats.baseline if self.method.needs_baseline else None,
+            ref_logprobs=output.get("ref_per_token_logps"),
+        )
+        plan = self.method.plan(batch)  # batch-global across ranks through torch.distributed
+        output[KEEP_KEY] = plan.keep
+        output[WEIGHT_KEY] = plan.weight
+        output[NUM_TOKENS_KEY] = plan.num_tokens
+        output[NUM_SEQS_KEY] = plan.num_seqs
+        for name, selected in plan.selected.items():
+            output[SELECTED_PREFIX + name] = selected
+        if self.trl_surrogate and self.loss_type in ("dapo", "cispo", "vespo"):
+            # these loss types divide by the global loss-token count: dropped tokens leave it
+            output["num_items_in_batch"] = plan.num_tokens.to(output["num_items_in_batch"])
+        self.last_token_batch, self.last_plan = batch, plan
+        metrics = dict(plan.metrics)
+        metrics.update(diagnostics.entropy_metrics(
+            batch.entropy, batch.discriminator, mask, baseline=stats.baseline))
+        for name, value in metrics.items():
+            self._metrics[mode][name].append(float(value))
+        return output
+
+    # ------------------------------------------------------------------ the loss
+    def _compute_loss(self, model, inputs):
+        keep = inputs[KEEP_KEY]
+        if self.trl_surrogate:
+            # TRL's loss mask is completion_mask * tool_mask; tool_mask is read nowhere else
+            # in the loss, so the keep mask enters there (the attention mask is untouched).
+            inputs = dict(inputs)
+            tool_mask = inputs.get("tool_mask")
+            keep = keep.to(inputs["completion_mask"].dtype)
+            inputs["tool_mask"] = keep if tool_mask is None else tool_mask * keep
+            return super()._compute_loss(model, inputs)
+        return self._method_loss(model, inputs)
+
+    def _method_loss(self, model, inputs):
+        """The method's surrogate + regularisers, aggregated with the global kept counts."""
+        prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
+        completion_mask = inputs["completion_mask"]
+        logprobs, entropy, _ = self._get_per_token_logps_and_entropies(
+            model,
+            torch.cat([prompt_ids, completion_ids], dim=1),
+            torch.cat([inputs["prompt_mask"], completion_mask], dim=1),
+            completion_ids.size(1),
+            compute_entropy=True,
+        )
+        old_logprobs = inputs.get("old_per_token_logps")
+        old_logprobs = logprobs.detach() if old_logprobs is None else old_logprobs
+        advantages = inputs["advantages"]
+        if advantages.dim() == 1:
+            advantages = advantages.unsqueeze(1)
+        plan = _micro_plan(inputs)
+        per_token, metrics = self.method.token_loss(
+            logprobs=logprobs, old_logprobs=old_logprobs,
+            advantages=advantages.expand_as(logprobs), plan=plan, entropy=entropy,
+            ref_logprobs=inputs.get("ref_per_token_logps"),
+        )
+        mode = "train" if self.model.training else "eval"
+        loss = aggregate(
+            per_token, plan.keep, _AGGREGATION[self.loss_type], num_tokens=plan.num_tokens,
+            num_seqs=plan.num_seqs, max_len=self.max_completion_length,
+        )
+        if mode == "train":
+            # The sum over one generation batch's micro-batches (all ranks) is the batch loss;
+            # DDP averages over ranks and one optimiser step spans gradient_accumulation_steps
+            # of the steps_per_generation micro-batches.
+            loss = loss * (self.accelerator.num_processes * self.args.steps_per_generation
+                           / self.current_gradient_accumulation_steps)
+        for name, value in metrics.items():
+            value = value.detach()
+            self._metrics[mode][name].append(float(value))
+            if mode == "train":  # micro-batch-additive: summed over the optimiser step's window
+                self._window_metrics[name] = self._window_metrics.get(name, 0.0) + value
+        return loss
+
+    def training_step(self, model, inputs, num_items_in_batch):
+        output = super().training_step(model, inputs, num_items_in_batch)
+        if self._step % self.current_gradient_accumulation_steps == 0:
+            self.method.step_end(self._window_metrics)  # stateful parts (adaptive bonus) only
+            self._window_metrics = {}
+        return output
+
+
+def _micro_plan(inputs) -> Plan:
+    """This micro-batch's rows of the plan: its parts travel as input columns."""
+    selected = {key[len(SELECTED_PREFIX):]: value for key, value in inputs.items()
+                if key.startswith(SELECTED_PREFIX)}
+    return Plan(keep=inputs[KEEP_KEY], weight=inputs[WEIGHT_KEY], selected=selected,
+                num_tokens=inputs[NUM_TOKENS_KEY], num_seqs=inputs[NUM_SEQS_KEY])

@@ -1,0 +1,190 @@
+"""EntropyGRPOTrainer on the real TRL GRPOTrainer, CPU, a tiny Llama: masks, loss and metrics.
+
+Every check compares with an independent float64 reference written here from PAPER.md:
+the token statistics from the full logits, Clip_B / Clip_V released forms, and the loss value.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("trl")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from datasets import Dataset
+
+from entropy_dynamics.integrations.trl import (
+    KEEP_KEY,
+    EntropyGRPOConfig,
+    EntropyGRPOTrainer,
+)
+from entropy_dynamics.models import build_char_tokenizer, build_tiny_model
+
+pytestmark = pytest.mark.slow  # importing trl and running its trainer costs ~10-20 s
+
+
+def reward_by_chars(completions, **kwargs):
+    """A reward that varies within a group: a hash of the completion's characters."""
+    return [float(sum(map(ord, c)) % 7) for c in completions]
+
+
+class RecordingTrainer(EntropyGRPOTrainer):
+    """Keeps every generation batch's TokenBatch, plan, and float64 reference statistics."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.records = []
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        self.records.append({
+            "batch": self.last_token_batch, "plan": self.last_plan,
+            "reference": reference_stats(self, output), "output": output,
+        })
+        return output
+
+
+@torch.no_grad()
+def reference_stats(trainer, output):
+    """H, S_*, N, log p_k in float64 from the model's full logits (PAPER.md sec. 1-2)."""
+    ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+    att = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+    T = output["completion_ids"].size(1)
+    logits = trainer.model(input_ids=ids, attention_mask=att).logits[:, -T - 1:-1]
+    logp = torch.log_softmax(logits.double() / trainer.temperature, dim=-1)  # (B, T, V)
+    p = logp.exp()
+    H = -(p * logp).sum(-1)
+    logp_k = logp.gather(-1, output["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    S = logp_k.exp() * (H + logp_k)
+    N = (p.square() * (H.unsqueeze(-1) + logp)).sum(-1)
+    return {"logprobs": logp_k, "entropy": H, "discriminator": S, "baseline": N}
+
+
+def make_trainer(tmp_path, method, *, steps=2, trainer_cls=RecordingTrainer, **overrides):
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2,
+                             intermediate_size=64, seed=1)
+    dataset = Dataset.from_dict({"prompt": [f"{i}+{2 * i}=" for i in range(32)]})
+    options = dict(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4,
+        max_completion_length=8, max_steps=steps, logging_steps=1, report_to=[], use_cpu=True,
+        save_strategy="no", learning_rate=1e-2, seed=0, entropy_method=method, bf16=False,
+    )
+    options.update(overrides)
+    args = EntropyGRPOConfig(**options)
+    return trainer_cls(model=model, processing_class=tokenizer, reward_funcs=reward_by_chars,
+                       args=args, train_dataset=dataset)
+
+
+def clip_b_keep(S, A, mask, mu):
+    """Released Clip_B: A >= 0 kept; A < 0 kept iff S - mean(S) >= -mu * std(S) (population)."""
+    values = S[mask]
+    mean, std = values.mean(), values.std(unbiased=False)
+    return mask & ((A >= 0) | (S - mean >= -mu * std))
+
+
+def clip_v_keep(S, N, A, mask, mu):
+    """Released Clip_V without the cap (max_frac=1): A > 0 kept; else kept iff N - S <= mu * s_D."""
+    d = N - S  # D_t of PAPER.md sec. 3
+    return mask & ((A > 0) | (d <= mu * d[mask].std(unbiased=False)))
+
+
+@pytest.mark.parametrize("method", ["grpo", "clip_b(mu=0.5)", "ppo + clip_v(mu=1.0, max_frac=1.0)"])
+def test_masks_equal_the_reference_on_every_generation_batch(tmp_path, method):
+    trainer = make_trainer(tmp_path, method)
+    trainer.train()
+    assert len(trainer.records) == 2
+    dropped = 0
+    for record in trainer.records:
+        batch, plan, ref = record["batch"], record["plan"], record["reference"]
+        mask = batch.mask
+        for name in ("logprobs", "entropy", "discriminator", "baseline"):
+            ours = getattr(batch, name)
+            if ours is None:  # N is computed only for methods that need it (clip_v)
+                continue
+            torch.testing.assert_close(ours[mask].double(), ref[name][mask], atol=2e-6, rtol=1e-5)
+        S, N, A = ref["discriminator"], ref["baseline"], batch.advantages.double()
+        if method == "grpo":
+            expected = mask
+        elif method.startswith("clip_b"):
+            expected = clip_b_keep(S, A, mask, 0.5)
+        else:
+            expected = clip_v_keep(S, N, A, mask, 1.0)
+        assert torch.equal(plan.keep, expected)
+        assert torch.equal(record["output"][KEEP_KEY], plan.keep)
+        dropped += int((mask & ~plan.keep).sum())
+    if method != "grpo":
+        assert dropped > 0, "the test batch must make the filter drop something"
+    logged = [row for row in trainer.state.log_history if "plan/frac_kept" in row]
+    assert len(logged) == 2
+    for key in ("entropy/mean", "entropy/s_mean", "plan/num_tokens"):
+        assert all(key in row for row in logged)
+    if method != "grpo":
+        name = method.split("(")[0].split("+")[-1].strip()
+        assert all(f"{name}/frac_dropped" in row for row in logged)
+        fractions = [row[f"{name}/frac_dropped"] for row in logged]
+        expected = [float((r["batch"].mask & ~r["plan"].keep).sum() / r["batch"].mask.sum())
+                    for r in trainer.records]
+        assert fractions == pytest.approx(expected)
+
+
+def _loss_inputs(trainer):
+    """One micro-batch as TRL hands it to the loss (the trainer's buffered split)."""
+    return trainer._buffered_inputs[0]
+
+
+def test_trl_loss_drops_masked_tokens_from_numerator_and_denominator(tmp_path):
+    # loss_type "dapo" (TRL's default): sum over loss tokens / global loss-token count.
+    trainer = make_trainer(tmp_path, "clip_b(mu=0.5)", steps=1, loss_type="dapo")
+    trainer.train()
+    inputs = _loss_inputs(trainer)
+    keep, A = inputs[KEEP_KEY], inputs["advantages"].double()
+    assert (inputs["completion_mask"].bool() & ~keep).any()
+    # on-policy: old log-probs are the current ones, so r = 1 and the token loss is -A
+    expected = -(A.unsqueeze(1) * keep).sum() / keep.sum()
+    with torch.no_grad():
+        loss = trainer._compute_loss(trainer.model, inputs)
+    torch.testing.assert_close(loss.double(), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_method_surrogate_path_uses_global_seq_mean_token_mean(tmp_path):
+    # "pg" is not TRL's surrogate: the method's own loss with loss_type grpo aggregation.
+    trainer = make_trainer(tmp_path, "pg + clip_b(mu=0.5)", steps=1, loss_type="grpo")
+    assert not trainer.trl_surrogate
+    trainer.train()
+    inputs = _loss_inputs(trainer)
+    keep, A = inputs[KEEP_KEY].double(), inputs["advantages"].double().unsqueeze(1)
+    per_seq = (-A * keep).sum(-1) / keep.sum(-1).clamp(min=1)   # token-mean per sequence
+    num_seqs = (keep.sum(-1) > 0).sum()                           # rows with a kept token
+    expected = per_seq.sum() / num_seqs
+    with torch.no_grad():
+        loss = trainer._compute_loss(trainer.model, inputs)
+    torch.testing.assert_close(loss.double(), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_num_iterations_reuses_the_plan_and_matches_trl_logprobs(tmp_path):
+    trainer = make_trainer(tmp_path, "clip_b(mu=0.5)", steps=2, num_iterations=2)
+    trainer.train()
+    assert len(trainer.records) == 1   # one generation batch, trained on twice
+    record = trainer.records[0]
+    trl_old = record["output"]["old_per_token_logps"]   # TRL's own fused-head log-probs
+    mask = record["batch"].mask
+    torch.testing.assert_close(record["batch"].logprobs[mask], trl_old[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(record["batch"].old_logprobs, trl_old)
+
+
+def test_options_that_cannot_be_honoured_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown|valid"):
+        EntropyGRPOConfig(output_dir=str(tmp_path), entropy_method="no_such_method",
+                          report_to=[], use_cpu=True, bf16=False)
+    common = dict(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False)
+    with pytest.raises(ValueError, match="beta"):
+        EntropyGRPOConfig(entropy_method="pg + clip_b", beta=0.1, **common)
+    with pytest.raises(ValueError, match="loss_type"):
+        EntropyGRPOConfig(entropy_method="ce_gppo + clip_b", loss_type="sapo", **common)
+    # TRL's own surrogate (plain ppo) keeps every TRL option: KL, loss types, entropy mask
+    EntropyGRPOConfig(entropy_method="clip_b", beta=0.1, loss_type="sapo", **common)
