@@ -294,3 +294,33 @@ def test_pass_rate_bars_are_shares_of_the_last_histogram(two_runs):
         hist = np.array(_read_jsonl(run_dir / "eval.jsonl")[-1]["pass_rate_hist"], float)
         heights = [bar.get_height() for bar in container]
         np.testing.assert_allclose(heights, hist / hist.sum(), rtol=0, atol=1e-12)
+
+
+def test_each_run_keeps_its_colour_across_figures(two_runs):
+    from matplotlib.colors import to_rgba
+
+    from entropy_dynamics.report.figures import draw_drop_fractions, draw_entropy
+
+    runs = [load_run(d) for d in two_runs]
+    colors = run_colors([r.name for r in runs])
+    assert colors["grpo"] != colors["clip_b"]
+    entropy_fig, _ = draw_entropy(runs, colors)
+    drop_fig, _ = draw_drop_fractions(runs, colors)
+    entropy_lines = {line.get_label(): to_rgba(line.get_color())
+                     for line in entropy_fig.axes[0].get_lines()}
+    drop_lines = {line.get_label(): to_rgba(line.get_color())
+                  for line in drop_fig.axes[0].get_lines()}
+    assert entropy_lines == {"grpo": colors["grpo"], "clip_b": colors["clip_b"]}
+    assert drop_lines == {"clip_b": colors["clip_b"]}  # only Clip_B logs clip_b/frac_dropped
+
+
+def test_non_finite_tokens_of_a_dist_file_are_left_out(tmp_path):
+    run_dir = tmp_path / "nan"
+    (run_dir / "dist").mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "entropy/mean": 1.0}\n')
+    np.savez(run_dir / "dist" / "step-1.npz", discriminator=np.array([0.1, np.nan, 0.3, 0.2]),
+             advantages=np.array([1.0, 1.0, np.inf, -1.0]))
+    run = load_run(run_dir)
+    assert run.dist["discriminator"].tolist() == [0.1, 0.2]
+    assert run.dist["advantages"].tolist() == [1.0, -1.0]
+    assert "left out 2 token(s) with a non-finite value" in " ".join(run.notes)

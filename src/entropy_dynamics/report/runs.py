@@ -218,6 +218,13 @@ def _read_dist(run_dir: Path, notes: list[str]) -> tuple[dict[str, np.ndarray] |
     if len(set(lengths.values())) != 1:
         notes.append(f"dist/{path.name}: arrays of different lengths {lengths}; skipped")
         return None, None
+    finite = np.logical_and.reduce([np.isfinite(values) for values in arrays.values()])
+    if not finite.all():
+        notes.append(f"dist/{path.name}: left out {int((~finite).sum())} token(s) with a "
+                     "non-finite value")
+        arrays = {key: values[finite] for key, values in arrays.items()}
+    if not finite.any():
+        return None, None
     return arrays, step
 
 
