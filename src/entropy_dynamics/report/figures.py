@@ -163,7 +163,7 @@ def draw_at_k(runs: list[Run], colors: Colors) -> Drawn:
         ax.set_xlabel("k (samples per prompt)")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{key} on held-out prompts (last evaluation)")
-        ax.set_ylabel("fraction of held-out prompts" if key == "pass@k"
+        ax.set_ylabel("share of prompts solved within k samples" if key == "pass@k"
                       else "mean accuracy of k samples")
     if not plotted:
         return None, notes
