@@ -20,7 +20,7 @@ DISCRIMINATOR_STD = "entropy/s_std"  # population std of S_*
 BASELINE_MEAN = "entropy/n_mean"  # mean N
 DEVIATION_MEAN = "entropy/s_minus_n_mean"  # mean (S_* - N): about 0 on-policy (Cor. 3.5)
 DEVIATION_STD = "entropy/s_minus_n_std"  # population std of (S_* - N) (= Clip_V's s_D)
-PRED_DELTA = "entropy/pred_delta"  # lens: sum over tokens of -alpha (S_* - N)
+PRED_DELTA = "entropy/pred_delta"  # mean over tokens of -alpha (S_* - N): predicted dH
 
 # --- token filters: fraction of valid tokens dropped, overall and by advantage sign -----------
 CLIP_B_FRAC_DROPPED = "clip_b/frac_dropped"
@@ -117,3 +117,20 @@ def entropy_metrics(
         dev_mean, dev_std, _ = masked_mean_std(discriminator - baseline, mask, group=group)
         out.update({BASELINE_MEAN: n_mean, DEVIATION_MEAN: dev_mean, DEVIATION_STD: dev_std})
     return out
+
+
+def predicted_entropy_change(
+    batch, *, lr: float, ratio: Tensor | None = None, group=None
+) -> dict[str, Tensor]:
+    """``{PRED_DELTA: mean over valid tokens of -lr r_t A_t (S_t - N_t)}`` (Theorem 3.3).
+
+    ``batch``: a ``methods.TokenBatch`` with ``baseline``; ``ratio``: optional ``[B, T]``.
+    The per-position first-order prediction of one step's entropy change (each position's logits
+    moved by its own token's update only), averaged batch-globally; compare it with the change of
+    ``ENTROPY_MEAN`` at the same positions after the step.
+    """
+    from .lens import token_contributions  # lens builds on methods, which import this module
+
+    contribution = token_contributions(batch, lr=lr, ratio=ratio)
+    mean, _, _ = masked_mean_std(contribution, batch.mask, group=group)
+    return {PRED_DELTA: mean}
