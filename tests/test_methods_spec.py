@@ -135,6 +135,9 @@ def test_registry_refuses_duplicates_and_lists_names():
 # Every method / part name used in the docs, README and configs exists.
 
 _SPAN = re.compile(r"`([^`\n]+)`")
+_BUILD_CALL = re.compile(r"""build\((["'])(.+?)\1\)""")
+# Words that mark a call as a method spec rather than some other keyword-only call in the docs.
+_HINTS = ("clip", "ppo", "grpo", "kl", "entropy", "reinforce", "pg", "weight", "cov", "gppo")
 
 
 def _spec_like(text: str) -> bool:
@@ -165,6 +168,9 @@ def _spec_like(text: str) -> bool:
             [ast.literal_eval(k.value) for k in node.keywords]
         except ValueError:
             return False
+    names_used = [n.id if isinstance(n, ast.Name) else n.func.id for n in nodes]
+    if not any(hint in name for name in names_used for hint in _HINTS):
+        return False
     return len(nodes) > 1 or isinstance(nodes[0], ast.Call)
 
 
@@ -172,9 +178,12 @@ def _doc_specs():
     files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     for path in files:
         if path.exists():
-            for span in _SPAN.findall(path.read_text()):
+            text = path.read_text()
+            for span in _SPAN.findall(text):
                 if _spec_like(span):
                     yield path.name, span.strip().strip("\"'")
+            for _, spec in _BUILD_CALL.findall(text):
+                yield path.name, spec
 
 
 def _config_specs(node, path):
