@@ -102,6 +102,12 @@ class ClipCov(Filter):
             raise ValueError(f"clip_cov: seed must be an int, got {self.seed!r}")
         object.__setattr__(self, "generator", torch.Generator().manual_seed(self.seed))
 
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
     def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None):
         keep = clip_cov_mask(
             batch.advantages,

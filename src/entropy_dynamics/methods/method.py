@@ -168,6 +168,22 @@ class Method:
             if key in diag
         }
 
+    def state_dict(self) -> dict[str, dict]:
+        """Mutable state of stateful parts, by part name (for checkpoints): the adaptive entropy
+        coefficient, Clip-Cov's generator state. Stateless methods give ``{}``."""
+        return {part.name: part.state_dict() for part in self.parts if hasattr(part, "state_dict")}
+
+    def load_state_dict(self, state: dict[str, dict]) -> None:
+        """Restore ``state_dict()``; part names must match this method's stateful parts."""
+        own = {part.name: part for part in self.parts if hasattr(part, "state_dict")}
+        if set(state) != set(own):
+            raise ValueError(
+                f"load_state_dict: state has parts {sorted(state)}, this method "
+                f"({self.spec}) has stateful parts {sorted(own)}"
+            )
+        for name, part_state in state.items():
+            own[name].load_state_dict(part_state)
+
     def step_end(self, metrics: dict) -> None:
         """After the optimiser step: let stateful parts (adaptive entropy bonus) update."""
         for part in self.regularisers:

@@ -113,6 +113,12 @@ class AdaptiveEntropyBonus(EntropyBonus):
     def current_coef(self) -> float:
         return self.state[0]
 
+    def state_dict(self) -> dict:
+        return {"coef": self.state[0]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state[0] = float(state["coef"])
+
     def step_end(self, metrics) -> None:
         """``metrics[ENTROPY_BONUS_ENTROPY]``: the step's mean entropy (summed over micro-batches)."""
         if dg.ENTROPY_BONUS_ENTROPY not in metrics:
