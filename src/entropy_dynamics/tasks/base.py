@@ -38,7 +38,7 @@ class Task(ABC):
       ran past its limit) or another exception; `safe_reward` turns both into reward 0 plus a
       failure label the trainer can count.
     - `format_prompt(problem)`: the text given to the model (before any chat template).
-    - `format_target(problem)`: a completion that earns reward 1 (for SFT warm starts).
+    - `reference(problem)`: a completion that earns reward 1 (for SFT warm starts).
     """
 
     name: ClassVar[str]
@@ -52,7 +52,7 @@ class Task(ABC):
     def format_prompt(self, problem: Problem) -> str:
         return problem.prompt
 
-    def format_target(self, problem: Problem) -> str:
+    def reference(self, problem: Problem) -> str:
         return problem.answer
 
     def close(self) -> None:  # noqa: B027 (an optional hook; nothing to release by default)

@@ -115,7 +115,7 @@ class ReasoningGymTask(Task):
     def format_prompt(self, problem: Problem) -> str:
         return f"{problem.prompt}\n{ANSWER_INSTRUCTION}"
 
-    def format_target(self, problem: Problem) -> str:
+    def reference(self, problem: Problem) -> str:
         return f"<answer>{problem.answer}</answer>"
 
     def reward(self, problem: Problem, completion: str) -> float:

@@ -109,6 +109,11 @@ class IsolatedWorker:
             except (EOFError, OSError) as err:
                 self._stop()
                 raise RuntimeError("verifier worker process died during a call") from err
+            except BaseException:
+                # Interrupted between request and reply (Ctrl-C, a caller's SIGALRM): the reply
+                # would be read as the next call's, so this worker cannot be reused.
+                self._stop()
+                raise
             if not ready:
                 self.timeouts += 1
                 self._stop()

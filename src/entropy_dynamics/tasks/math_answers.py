@@ -132,7 +132,7 @@ class MathAnswerTask(Task):
     def format_prompt(self, problem: Problem) -> str:
         return f"{problem.prompt} Put the final answer in \\boxed{{}}."
 
-    def format_target(self, problem: Problem) -> str:
+    def reference(self, problem: Problem) -> str:
         return f"\\boxed{{{problem.answer}}}"
 
     def reward(self, problem: Problem, completion: str) -> float:
