@@ -86,7 +86,8 @@ def test_countdown_adversarial_answer_times_out_with_reward_zero():
     task = tasks.get("countdown", timeout_s=1.0, min_numbers=3, max_numbers=3)
     try:
         problem = task.problems("test", 1, seed=0)[0]
-        task.reward(problem, task.reference(problem))  # start the worker outside the limit
+        task.start()  # the worker starts outside any per-call limit
+        assert task.worker.starts == 1
         result = safe_reward(task, problem, "<answer>9**9**9**9</answer>")
         assert (result.reward, result.failure) == (0.0, "timeout")
         assert task.reward(problem, task.reference(problem)) == 1.0  # a fresh worker took over

@@ -39,6 +39,7 @@ class Task(ABC):
       failure label the trainer can count.
     - `format_prompt(problem)`: the text given to the model (before any chat template).
     - `reference(problem)`: a completion that earns reward 1 (for SFT warm starts).
+    - `start()` / `close()`: start / stop verifier worker processes (optional; lazy otherwise).
     """
 
     name: ClassVar[str]
@@ -54,6 +55,10 @@ class Task(ABC):
 
     def reference(self, problem: Problem) -> str:
         return problem.answer
+
+    def start(self) -> None:  # noqa: B027 (an optional hook; no worker by default)
+        """Start verifier worker processes now (1-4 s), so that no reward call pays for it; a
+        caller with its own per-call time limit should call this before grading."""
 
     def close(self) -> None:  # noqa: B027 (an optional hook; nothing to release by default)
         """Release verifier worker processes, if any (they also end with the interpreter)."""

@@ -127,6 +127,10 @@ class ReasoningGymTask(Task):
             return min(max(score, 0.0), 1.0)
         return 1.0 if score >= 1.0 else 0.0
 
+    def start(self) -> None:
+        if self.worker is not None:
+            self.worker.start()
+
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()

@@ -99,6 +99,11 @@ class IsolatedWorker:
         self._process: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
+    def start(self) -> None:
+        """Start the child now (otherwise the first call does)."""
+        with self._lock:
+            self._ensure_started()
+
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         with self._lock:
             process = self._ensure_started()

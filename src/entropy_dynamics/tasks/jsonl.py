@@ -143,6 +143,10 @@ class JsonlTask(Task):
             return self.verifier(problem.answer, completion)
         return 1.0 if extract_tagged_answer(completion) == problem.answer.strip() else 0.0
 
+    def start(self) -> None:
+        if self.verifier is not None:
+            self.verifier.start()
+
     def close(self) -> None:
         if self.verifier is not None:
             self.verifier.close()

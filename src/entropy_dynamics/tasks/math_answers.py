@@ -60,6 +60,10 @@ class MathVerifier:
             return float(math_verify_match(answer, completion))
         return float(self.worker.call(math_verify_match, answer, completion))
 
+    def start(self) -> None:
+        if self.worker is not None:
+            self.worker.start()
+
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()
@@ -137,6 +141,9 @@ class MathAnswerTask(Task):
 
     def reward(self, problem: Problem, completion: str) -> float:
         return self.verifier(problem.answer, completion)
+
+    def start(self) -> None:
+        self.verifier.start()
 
     def close(self) -> None:
         self.verifier.close()
