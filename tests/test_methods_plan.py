@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from entropy_dynamics import diagnostics as dg
 from entropy_dynamics.aggregation import MODES, aggregate
@@ -189,3 +193,63 @@ def test_state_dict_round_trip():
     assert build("grpo").state_dict() == {}
     with pytest.raises(ValueError, match="stateful parts"):
         build("grpo").load_state_dict(state)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(0, 10_000),
+    st.lists(st.integers(1, 7), min_size=1, max_size=4),
+    st.sampled_from(["clip_b(mu=0.5)", "clip_v(mu=0.5, max_frac=0.05)", "top_entropy(rho=0.5)"]),
+)
+def test_property_micro_batching_and_padding_do_not_change_the_result(seed, cuts, spec):
+    """Any split into micro-batches gives the whole-batch loss; extra padded columns change
+    neither the keep mask nor the loss."""
+    batch = random_batch(seed=seed)
+    method = build(spec)
+    plan = method.plan(batch)
+    bounds = sorted({0, 8, *cuts})
+
+    def total(p, b):
+        out = 0.0
+        for lo, hi in itertools.pairwise(bounds):
+            sub = p.rows(slice(lo, hi))
+            loss, _ = method.token_loss(
+                logprobs=b.logprobs[lo:hi],
+                old_logprobs=b.old_logprobs[lo:hi],
+                advantages=b.advantages[lo:hi],
+                plan=sub,
+            )
+            out = out + aggregate(loss, sub.keep, "token-mean", num_tokens=p.num_tokens)
+        return out
+
+    whole = aggregate(
+        method.token_loss(
+            logprobs=batch.logprobs,
+            old_logprobs=batch.old_logprobs,
+            advantages=batch.advantages,
+            plan=plan,
+        )[0],
+        plan.keep,
+        "token-mean",
+        num_tokens=plan.num_tokens,
+    )
+    assert torch.allclose(total(plan, batch), whole, atol=1e-6)
+    padded = TokenBatch(
+        **{
+            name: None
+            if value is None
+            else torch.cat(
+                [
+                    value,
+                    torch.full(
+                        (8, 3), False if value.dtype == torch.bool else 7.0, dtype=value.dtype
+                    ),
+                ],
+                dim=1,
+            )
+            for name, value in batch.__dict__.items()
+        }
+    )
+    padded_plan = method.plan(padded)
+    assert torch.equal(padded_plan.keep[:, :12], plan.keep) and not padded_plan.keep[:, 12:].any()
+    assert torch.allclose(total(padded_plan, padded), whole, atol=1e-6)
