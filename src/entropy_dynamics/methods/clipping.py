@@ -78,6 +78,8 @@ def clip_b_mask(
       ``mu_low`` / ``mu_high`` default to ``mu``.
 
     If ``s < 1e-12`` every valid token is kept. Padding (mask False) is never kept.
+    Differs from the paper: the released variant is the default, as in the authors' runs; the
+    statistics cover the whole batch on every rank (the paper's "batch"), never one micro-batch.
     Example: S = [0, 0, 0, 0, 1] with A = -1 and mu = 1 gives m = 0.2, s = 0.4, d_4 = 0.8:
     all kept (only d < -0.4 drops); S = [1, 1, 1, 1, 0] drops the last token (d = -0.8).
     """

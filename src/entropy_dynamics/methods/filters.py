@@ -52,6 +52,8 @@ def clip_cov_mask(
     ``max(int(ratio n_valid), 1)`` candidates (or all, if fewer) drawn uniformly at random are
     dropped. The draw is ``torch.randperm`` over the global candidate count with ``generator``
     (CPU); give every rank a generator seeded alike and the masks agree on all ranks.
+    Differs from the reference code (verl's ``clip_cov`` loss), which computes the means, the
+    count ``n`` and the draw per micro-batch: here they are batch-global (whole batch, all ranks).
     """
     check_same_shape(
         "clip_cov", advantages=advantages, logprobs=logprobs, mask=mask, clipped=clipped

@@ -34,6 +34,8 @@ def kl_cov_select(
 
     ``advantages, logprobs, mask``: ``[B, T]``; ``cov_t`` from ``centred_covariance``
     (batch-global means); ties broken by global position. Returns bool ``[B, T]``.
+    Differs from the reference code (verl's ``kl_cov`` loss): there ``k`` and the means are per
+    micro-batch; here batch-global.
     """
     cov, n_valid = centred_covariance(advantages, logprobs, mask, group=group)
     k = max(1, int(ratio * int(n_valid)))
