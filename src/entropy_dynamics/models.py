@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -18,6 +19,7 @@ import os
 import shutil
 import string
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -263,19 +265,36 @@ def ensure_smollm2_cache(cache_dir: Path | None = None, *, gguf: Path | None = N
     gguf = Path(gguf) if gguf is not None else smollm2_gguf_path()
     fingerprint = _gguf_fingerprint(gguf)
     marker = cache / _SMOLLM2_MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == fingerprint:
-        return str(cache)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=cache.name + ".tmp-", dir=cache.parent))
-    try:
-        _convert_gguf(gguf, staging)
-        (staging / _SMOLLM2_MARKER).write_text(json.dumps(fingerprint, indent=1))
-        if cache.exists():
-            shutil.rmtree(cache)
-        staging.rename(cache)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _exclusive_lock(cache.parent / f"{cache.name}.lock"):  # one converter at a time
+        if marker.is_file() and json.loads(marker.read_text()) == fingerprint:
+            return str(cache)
+        staging = Path(tempfile.mkdtemp(prefix=cache.name + ".tmp-", dir=cache.parent))
+        try:
+            _convert_gguf(gguf, staging)
+            (staging / _SMOLLM2_MARKER).write_text(json.dumps(fingerprint, indent=1))
+            if cache.exists():
+                shutil.rmtree(cache)
+            staging.rename(cache)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return str(cache)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """An advisory file lock (POSIX flock); elsewhere no lock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- Qwen tokenizer
