@@ -195,6 +195,8 @@ def test_load_model_errors_are_clear(tmp_path, monkeypatch):
         load_model("some-org/not-cached-model")
     with pytest.raises(ValueError, match="name_or_path"):
         load_model("")
+    with pytest.raises(ValueError, match="dtype must be a floating"):
+        load_model("tiny", dtype=torch.int64)
 
 
 # --------------------------------------------------------------------------- SmolLM2 cache

@@ -151,6 +151,8 @@ def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, device:
             f"name_or_path must be 'tiny', 'smollm2', a local directory or a Hugging Face id; "
             f"got {name_or_path!r}"
         )
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}")
     if name_or_path == "tiny":
         tokenizer = build_char_tokenizer()
         model = build_tiny_model(tokenizer)
@@ -161,6 +163,8 @@ def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, device:
     model = model.to(device=device, dtype=dtype)
     if tokenizer.pad_token is None:  # many causal-LM tokenizers ship without one
         tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
