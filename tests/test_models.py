@@ -199,6 +199,20 @@ def test_load_model_errors_are_clear(tmp_path, monkeypatch):
         load_model("tiny", dtype=torch.int64)
 
 
+def test_offline_hub_id_in_the_local_cache_is_accepted(tmp_path, monkeypatch):
+    # the hub cache layout: models--org--name/refs/main holds a commit, snapshots/<commit>/ files
+    repo = tmp_path / "models--some-org--cached-model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    assert models._resolve_source("some-org/cached-model") == "some-org/cached-model"
+    with pytest.raises(ValueError, match="hub is off"):
+        models._resolve_source("some-org/other-model")
+
+
 # --------------------------------------------------------------------------- SmolLM2 cache
 
 
