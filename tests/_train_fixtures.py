@@ -20,7 +20,7 @@ class DigitTask:
         self.raise_on, self.sleep_on, self.sleep_s = raise_on, sleep_on, sleep_s
 
     def problems(self, split: str, n: int, seed: int = 0) -> list[dict]:
-        offset = 0 if split == "train" else 10_000
+        offset = 0 if split == "train" else 10_000  # "test": held out
         return [{"id": offset + seed * 100_003 + i} for i in range(n)]
 
     def format_prompt(self, problem: dict) -> str:

@@ -35,7 +35,7 @@ def evaluate_run(
     model, tokenizer = build_policy(cfg, warm_start=False)
     state = ckpt.load_checkpoint(path, model=model, restore_rng=False)
     task = tasks.get(cfg.task.name, **cfg.task.options)
-    problems = task.problems("eval", n_eval or cfg.task.n_eval, seed=cfg.seed)
+    problems = task.problems("test", n_eval or cfg.task.n_eval, seed=cfg.seed)
     if not problems:
         raise ValueError("n_eval: the held-out split is empty; pass --n with a positive count")
     result = evaluate(

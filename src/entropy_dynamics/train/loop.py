@@ -59,15 +59,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, task=None) -> Path:
     """
     run_dir = Path(cfg.logging.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     if task is None:
         from entropy_dynamics import tasks
 
         task = tasks.get(cfg.task.name, **cfg.task.options)
+    if hasattr(task, "start"):  # launch verifier workers before the reward time limit applies
+        task.start()
     model, tokenizer = build_policy(cfg, task=task)
     train_problems = task.problems("train", cfg.task.n_train, seed=cfg.seed)
-    eval_problems = task.problems("eval", cfg.task.n_eval, seed=cfg.seed) if cfg.task.n_eval else []
+    eval_problems = task.problems("test", cfg.task.n_eval, seed=cfg.seed) if cfg.task.n_eval else []
     method = methods.build(cfg.method.spec)
     reference = copy.deepcopy(model).requires_grad_(False) if _needs_reference(method) else None
     optimizer = torch.optim.AdamW(
@@ -154,6 +158,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, task=None) -> Path:
         signal.signal(signal.SIGINT, previous_handler)
         progress.close()
         logger.close()
+        if hasattr(task, "close"):
+            task.close()
     return run_dir
 
 

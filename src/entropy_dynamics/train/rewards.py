@@ -1,24 +1,26 @@
 """Safe reward calls: a verifier that raises or runs past its time limit scores 0 and is counted.
 
-The time limit uses SIGALRM (Unix, main thread only); elsewhere the call runs without one and
-only exceptions are caught. Tasks that grade with math-verify also apply their own limit.
+`tasks.safe_reward` turns exceptions, `RewardTimeout` and out-of-range values into reward 0 with
+a label; this wrapper adds a wall-clock limit for tasks that have none of their own (SIGALRM,
+Unix main thread only; elsewhere only the task's own limit applies) and counts the labels.
 """
 
 from __future__ import annotations
 
-import math
 import signal
 import threading
 
 import torch
 
+from entropy_dynamics.tasks import RewardTimeout, safe_reward
 
-class RewardTimeoutError(Exception):
-    """A reward call ran past its time limit."""
+
+class RewardTimeoutError(RewardTimeout):
+    """A reward call ran past the trainer's time limit (task.reward_timeout_s)."""
 
 
 def _alarm(signum, frame):
-    raise RewardTimeoutError
+    raise RewardTimeoutError("reward call exceeded task.reward_timeout_s")
 
 
 class SafeReward:
@@ -44,21 +46,14 @@ class SafeReward:
         try:
             if use_alarm:
                 signal.setitimer(signal.ITIMER_REAL, self.timeout_s)
-            value = float(self.task.reward(problem, completion))
-        except RewardTimeoutError:
-            self.timeouts += 1
-            return 0.0
-        except Exception:
-            self.errors += 1
-            return 0.0
+            result = safe_reward(self.task, problem, completion)
         finally:
             if use_alarm:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, previous)
-        if not math.isfinite(value):
-            self.errors += 1
-            return 0.0
-        return value
+        self.timeouts += result.failure == "timeout"
+        self.errors += result.failure == "error"
+        return result.reward
 
     def score_groups(self, problems: list, texts: list[str], group_size: int):
         """Rewards [B] (fp32) for B = len(problems) * group_size responses, and batch metrics."""

@@ -20,11 +20,8 @@ from entropy_dynamics.train.config import TrainConfig, to_dict
 
 
 def reference_completion(task, problem) -> str:
-    """The target text for SFT: `task.reference(problem)` when the task defines it, else the answer."""
-    if hasattr(task, "reference"):
-        return task.reference(problem)
-    answer = problem["answer"] if isinstance(problem, dict) else problem.answer
-    return str(answer)
+    """The SFT target: `task.reference(problem)`, a completion that earns reward 1."""
+    return task.reference(problem)
 
 
 def sft_cache_dir(cfg: TrainConfig) -> Path:

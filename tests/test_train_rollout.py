@@ -1,0 +1,92 @@
+"""The KV-cache sampler: its log-probs equal a full forward's, padding invariance, top-p, EOS."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from entropy_dynamics.models import build_char_tokenizer, build_tiny_model
+from entropy_dynamics.token_stats import token_stats
+from entropy_dynamics.train.rollout import _top_p_filter, response_logits, sample
+
+
+@pytest.fixture(scope="module")
+def policy():
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=3)
+    return model.eval(), tokenizer
+
+
+def test_sampler_logprobs_equal_teacher_forced_logprobs(policy):
+    model, tokenizer = policy
+    prompts = ["1+2=", "123+456-7=", "q="]  # different lengths: left padding in play
+    rollout = sample(model, tokenizer, prompts, group_size=3, temperature=0.7, max_new_tokens=6,
+                     generator=torch.Generator().manual_seed(0))  # fmt: skip
+    T = rollout.response_ids.shape[1]
+    logits = response_logits(model, rollout.input_ids, rollout.attention_mask, T)
+    stats = token_stats(logits, rollout.response_ids, temperature=0.7, mask=rollout.response_mask)
+    mask = rollout.response_mask
+    assert mask.sum() > 0
+    torch.testing.assert_close(rollout.sampler_logprobs[mask], stats.logprobs[mask],
+                               atol=2e-5, rtol=0)  # fmt: skip
+    assert torch.all(rollout.sampler_logprobs[~mask] == 0)
+
+
+def test_greedy_response_does_not_depend_on_batch_padding(policy):
+    model, tokenizer = policy
+    alone = sample(model, tokenizer, ["7-3="], temperature=0.0, max_new_tokens=5)
+    batched = sample(model, tokenizer, ["7-3=", "99+88-77+66="], temperature=0.0, max_new_tokens=5)
+    T = alone.response_ids.shape[1]
+    assert torch.equal(batched.response_ids[0, :T][alone.response_mask[0]],
+                       alone.response_ids[0][alone.response_mask[0]])  # fmt: skip
+    assert batched.texts[0] == alone.texts[0]
+
+
+def test_rows_are_prompt_major(policy):
+    model, tokenizer = policy
+    rollout = sample(model, tokenizer, ["1=", "22="], group_size=3, max_new_tokens=2,
+                     generator=torch.Generator().manual_seed(1))  # fmt: skip
+    prompt_part = rollout.input_ids[:, : rollout.prompt_len]
+    assert torch.equal(prompt_part[0], prompt_part[2]) and torch.equal(prompt_part[3], prompt_part[5])
+    assert not torch.equal(prompt_part[0], prompt_part[3])
+
+
+def test_top_p_filter_hand_computed():
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]]))
+    # sorted 0.5, 0.3, 0.2; mass before each: 0, 0.5, 0.8. top_p = 0.6 keeps 0.5 and 0.3.
+    kept = torch.isfinite(_top_p_filter(logits, 0.6))
+    assert kept.tolist() == [[False, True, True]]
+    # top_p = 0.5: the mass before 0.3 is already 0.5 >= 0.5, so only the top token stays.
+    assert torch.isfinite(_top_p_filter(logits, 0.5)).tolist() == [[False, True, False]]
+    assert torch.equal(_top_p_filter(logits, 1.0), logits)
+
+
+def test_first_token_frequencies_follow_softmax_at_temperature(policy):
+    model, tokenizer = policy
+    n, temperature = 4000, 1.5
+    rollout = sample(model, tokenizer, ["5+5="], group_size=n, temperature=temperature,
+                     max_new_tokens=1, generator=torch.Generator().manual_seed(2))  # fmt: skip
+    logits = response_logits(model, rollout.input_ids[:1], rollout.attention_mask[:1], 1)[0, 0]
+    probs = (logits / temperature).softmax(-1).double()
+    counts = torch.bincount(rollout.response_ids[:, 0], minlength=probs.numel()).double()
+    sigma = (n * probs * (1 - probs)).sqrt()
+    assert torch.all((counts - n * probs).abs() <= 5 * sigma + 1)
+    assert math.isclose(float(counts.sum()), n)
+
+
+def test_eos_ends_the_response_mask(policy):
+    model, tokenizer = policy
+    eos = tokenizer.eos_token_id
+    rollout = sample(model, tokenizer, ["1+1="] * 2, group_size=64, max_new_tokens=12,
+                     generator=torch.Generator().manual_seed(4))  # fmt: skip
+    assert (rollout.response_ids == eos).any()  # the case under test occurs (fixed seed)
+    for ids, mask in zip(rollout.response_ids, rollout.response_mask, strict=True):
+        hits = (ids == eos).nonzero()
+        if len(hits):
+            first = int(hits[0])
+            assert mask[: first + 1].all() and not mask[first + 1 :].any()
+            assert (ids[first + 1 :] == tokenizer.pad_token_id).all()
+        else:
+            assert mask.all()
