@@ -89,6 +89,19 @@ def test_worker_interrupted_mid_call_is_replaced(monkeypatch):
         worker.close()
 
 
+def test_worker_does_not_import_torch_or_the_package_root():
+    worker = IsolatedWorker(timeout_s=20.0)
+    try:
+        loaded = worker.call(eval, "sorted(m for m in __import__('sys').modules "
+                                   "if m == 'torch' or m.startswith('entropy_dynamics'))")
+        assert loaded == ["entropy_dynamics", "entropy_dynamics.tasks",
+                          "entropy_dynamics.tasks.arithmetic", "entropy_dynamics.tasks.base",
+                          "entropy_dynamics.tasks.gym", "entropy_dynamics.tasks.isolated",
+                          "entropy_dynamics.tasks.jsonl", "entropy_dynamics.tasks.math_answers"]
+    finally:
+        worker.close()
+
+
 def test_worker_pickles_without_its_process():
     worker = IsolatedWorker(timeout_s=3.0)
     copy = pickle.loads(pickle.dumps(worker))

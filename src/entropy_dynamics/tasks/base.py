@@ -57,7 +57,7 @@ class Task(ABC):
         return problem.answer
 
     def start(self) -> None:  # noqa: B027 (an optional hook; no worker by default)
-        """Start verifier worker processes now (1-4 s), so that no reward call pays for it; a
+        """Start verifier worker processes now (0.5-1.5 s), so that no reward call pays for it; a
         caller with its own per-call time limit should call this before grading."""
 
     def close(self) -> None:  # noqa: B027 (an optional hook; nothing to release by default)
