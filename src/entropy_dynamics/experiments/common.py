@@ -127,7 +127,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
             return "yes" if v else "**no**"
         if isinstance(v, float):
             return "n/a" if not math.isfinite(v) else f"{v:.4g}"
-        return str(v)
+        return str(v).replace("|", "\\|")  # a pipe would end the cell
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]

@@ -1,0 +1,45 @@
+"""Shared set-up of the trainer-driven experiments: the base configuration and run helpers.
+
+Every experiment that trains starts from ``base_config``: the tiny char model warm-started by
+SFT on 3-term 1-digit addition/subtraction ("3-7+5=") (cached by the trainer, so the SFT runs once per machine),
+then GRPO-style RL on the same task. Experiments add their own overrides on top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# The warm start and the RL task. One place, so every experiment shares one cached SFT model.
+BASE_OVERRIDES = [
+    "model.name=tiny",
+    "model.tiny={hidden_size: 64, num_layers: 2, num_heads: 4, intermediate_size: 256}",
+    "model.sft_steps=200",
+    "task.name=arithmetic",
+    "task.options={digits: 1, ops: '+-', terms: 3}",
+    "task.n_train=500",
+    "task.n_eval=32",
+    "rollout.prompts_per_step=8",
+    "rollout.group_size=8",
+    "rollout.max_new_tokens=8",
+    "rollout.temperature=1.0",
+    "optim.lr=1e-3",
+    "logging.progress=false",
+    "logging.tensorboard=false",
+    "logging.checkpoint_every=0",
+    "logging.eval_k=0",
+    "logging.probe_every=0",
+]
+
+
+def base_config(run_dir: str | Path, *overrides: str):
+    """A ``TrainConfig``: ``BASE_OVERRIDES``, then ``overrides``, writing to ``run_dir``."""
+    from entropy_dynamics.train.config import load_config
+
+    return load_config(None, [*BASE_OVERRIDES, *overrides, f"logging.run_dir={run_dir}"])
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The run's ``metrics.jsonl`` rows (one per step)."""
+    from entropy_dynamics.train.logging import read_jsonl
+
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
