@@ -140,6 +140,24 @@ def test_hidden_times_output_layer_equals_logits(tokenizer, tie):
     torch.testing.assert_close(logits.double(), reference, atol=1e-5, rtol=1e-5)
 
 
+def test_hidden_path_gives_the_logit_path_token_stats(tokenizer, tiny):
+    # what the trainer does: next-token stats from hidden states + output layer, never [B, T, V]
+    from entropy_dynamics import token_stats, token_stats_from_hidden
+
+    batch = tokenizer(["12+7=19", "13*4=52"], return_tensors="pt")  # equal lengths, no padding
+    ids = batch["input_ids"]
+    labels = ids[:, 1:]  # [B, T-1]: position t predicts token t+1
+    weight, bias = model_output_layer(tiny)
+    with torch.no_grad():
+        hidden = model_hidden(tiny, ids, batch["attention_mask"])[:, :-1]  # [B, T-1, D]
+        logits = tiny(**batch).logits[:, :-1].double()  # [B, T-1, V]
+    from_hidden = token_stats_from_hidden(hidden, weight, labels, bias=bias)
+    from_logits = token_stats(logits, labels)
+    for field in from_logits._fields:
+        torch.testing.assert_close(getattr(from_hidden, field).double(),
+                                   getattr(from_logits, field).double(), atol=1e-5, rtol=1e-4)
+
+
 def test_model_hidden_is_invariant_to_left_padding(tokenizer, tiny):
     short = tokenizer("5+5=", return_tensors="pt")
     long = tokenizer("123+456=", return_tensors="pt")
