@@ -23,11 +23,12 @@ from ._token_stats_kernels import (
 
 
 def _finish(sums: RowSums, label_logits: Tensor, inv_tau: float) -> tuple[Tensor, ...]:
-    """`(log_s, logprobs, entropy, discriminator, baseline)` of the packed rows, `[n]` each."""
-    log_s, entropy, baseline = sums.finish()
-    logprobs = (label_logits - sums.m) * inv_tau - log_s
-    discriminator = torch.exp(logprobs) * (entropy + logprobs)
-    return log_s, logprobs, entropy, discriminator, baseline
+    """`(log_s, mean_x, logprobs, entropy, discriminator, baseline)` of the packed rows, `[n]`."""
+    log_s, mean_x, entropy, baseline = sums.finish()
+    label_x = (label_logits - sums.m) * inv_tau
+    logprobs = label_x - log_s
+    discriminator = torch.exp(logprobs) * (label_x - mean_x)  # p_k (H + log p_k)
+    return log_s, mean_x, logprobs, entropy, discriminator, baseline
 
 
 def _check_finite(valid: Tensor, *packed: Tensor) -> None:
@@ -58,9 +59,9 @@ def _packed(grad: Tensor | None, valid: Tensor | None, like: Tensor) -> Tensor:
     return grad if valid is None else grad.masked_select(valid)
 
 
-def _grad_coefficients(g_lp: Tensor, g_h: Tensor, entropy: Tensor, inv_tau: float):
-    """Per-row factors of `chunk_grad`: `(coef_logp, coef_const, grad_label)`, `[n]` each."""
-    return -g_h * inv_tau, -(g_lp + g_h * entropy) * inv_tau, g_lp * inv_tau
+def _grad_coefficients(g_lp: Tensor, g_h: Tensor, mean_x: Tensor, inv_tau: float):
+    """Per-row factors of `chunk_grad`: `(coef_x, coef_const, grad_label)`, `[n]` each."""
+    return -g_h * inv_tau, (g_h * mean_x - g_lp) * inv_tau, g_lp * inv_tau
 
 
 class LogitsStats(torch.autograd.Function):
@@ -81,21 +82,21 @@ class LogitsStats(torch.autograd.Function):
             chunk_stats(z, chunk.packed, sums, work, inv_tau)
             rows = slice(chunk.packed, chunk.packed + chunk.rows)
             label_logits[rows] = z.gather(1, labels[rows, None]).squeeze(1)
-        log_s, *stats = _finish(sums, label_logits, inv_tau)
+        log_s, mean_x, *stats = _finish(sums, label_logits, inv_tau)
         _check_finite(valid, *stats)
         shape = logits.shape[:-1]
         outputs = [_scatter_rows(valid, t, shape) for t in stats]
         ctx.mark_non_differentiable(outputs[2], outputs[3])
-        ctx.save_for_backward(logits, labels, valid, sums.m, log_s, stats[1])
+        ctx.save_for_backward(logits, labels, valid, sums.m, log_s, mean_x)
         ctx.chunks, ctx.inv_tau, ctx.chunk_rows = chunks, inv_tau, chunk_rows
         return tuple(outputs)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_logprobs, grad_entropy, _grad_s, _grad_n):
-        logits, labels, valid, m, log_s, entropy = ctx.saved_tensors
-        g_lp, g_h = (_packed(g, valid, entropy) for g in (grad_logprobs, grad_entropy))
-        coefs = _grad_coefficients(g_lp, g_h, entropy, ctx.inv_tau)
+        logits, labels, valid, m, log_s, mean_x = ctx.saved_tensors
+        g_lp, g_h = (_packed(g, valid, mean_x) for g in (grad_logprobs, grad_entropy))
+        coefs = _grad_coefficients(g_lp, g_h, mean_x, ctx.inv_tau)
         n, vocab = labels.shape[0], logits.shape[-1]
         new = torch.empty if n == valid.numel() else torch.zeros  # ignored rows get 0
         grad = new(logits.shape, dtype=logits.dtype, device=logits.device)
@@ -142,19 +143,19 @@ class HiddenStats(torch.autograd.Function):
                 z = logits.narrow(0, chunk.local, chunk.rows)
                 chunk_stats(z, chunk.packed, sums, work, inv_tau)
             del logits
-        log_s, *stats = _finish(sums, label_logits, inv_tau)
+        log_s, mean_x, *stats = _finish(sums, label_logits, inv_tau)
         _check_finite(valid, *stats)
         ctx.mark_non_differentiable(stats[2], stats[3])
-        ctx.save_for_backward(hidden, weight, bias, labels, sums.m, log_s, stats[1])
+        ctx.save_for_backward(hidden, weight, bias, labels, sums.m, log_s, mean_x)
         ctx.inv_tau, ctx.block_rows, ctx.chunk_rows = inv_tau, block_rows, chunk_rows
         return tuple(stats)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_logprobs, grad_entropy, _grad_s, _grad_n):
-        hidden, weight, bias, labels, m, log_s, entropy = ctx.saved_tensors
-        g_lp, g_h = (_packed(g, None, entropy) for g in (grad_logprobs, grad_entropy))
-        coefs = _grad_coefficients(g_lp, g_h, entropy, ctx.inv_tau)
+        hidden, weight, bias, labels, m, log_s, mean_x = ctx.saved_tensors
+        g_lp, g_h = (_packed(g, None, mean_x) for g in (grad_logprobs, grad_entropy))
+        coefs = _grad_coefficients(g_lp, g_h, mean_x, ctx.inv_tau)
         n, vocab = hidden.shape[0], weight.shape[0]
         want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.zeros_like(hidden) if want_hidden else None

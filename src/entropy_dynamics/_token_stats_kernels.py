@@ -4,22 +4,23 @@ Every kernel works on a 2-D chunk `z` of `c` rows of logits `[c, V]` (any float 
 arithmetic runs in `compute_dtype`, fp32 or fp64) and writes per-row results into slices of
 preallocated 1-D tensors, so nothing larger than a few `[c, V]` work buffers is ever allocated.
 
-Per row, with `tau` the temperature, `m = max_i z_i` at index `i*`, `x_i = (z_i - m) / tau`,
-`e_i = exp(x_i)` (so `e_{i*} = 1`), the forward pass keeps four sums over `i != i*`
-(the "rest" of the row; the max itself is added back exactly):
+Per row, with `tau` the temperature, `m = max_i z_i`, `x_i = (z_i - m) / tau` and
+`e_i = exp(x_i)`, ONE pass of `exp` gives the four sums
 
-    s_rest = sum e_i,  t = sum e_i x_i,  u_rest = sum e_i^2,  w = sum e_i^2 x_i
+    s = sum e_i,  t = sum e_i x_i,  u = sum e_i^2,  w = sum e_i^2 x_i
 
-(`x_{i*} = 0`, so `t` and `w` need no correction). With `s = 1 + s_rest`, `u = 1 + u_rest`:
+and with `mean_x = t / s` (the mean of `x` under `p`):
 
-    log s = log1p(s_rest)          (accurate when the row is nearly one-hot)
-    lse   = m / tau + log s
-    H     = log s - t / s
+    log p_i = x_i - log s                      lse = m / tau + log s
+    H       = log s - mean_x
+    H + log p_i = x_i - mean_x                 (log s cancels)
+    S_*     = p_k (x_k - mean_x)
     sum p^2 = u / s^2,  sum p^2 log p = w / s^2 - (u / s^2) log s
-    N     = H sum p^2 + sum p^2 log p = (w - u t / s) / s^2
+    N       = H sum p^2 + sum p^2 log p = (w - u mean_x) / s^2
 
-Keeping the max out of `s` and `u` is what lets a peaked row (p_max = 1 - 1e-9) keep its
-entropy and baseline to full relative precision: `1 + 1e-9` does not exist in fp32.
+Writing `S_*`, `N` and the entropy gradient without `log s` keeps them accurate to fp32
+relative precision even for a nearly one-hot row, where `s = 1 + 1e-9` rounds to 1: only `H`
+and `log p_k` themselves carry that `log s` rounding (about 6e-8 absolute).
 """
 
 from __future__ import annotations
@@ -29,18 +30,25 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-# About 1 M elements per chunk buffer on CPU (6 rows at V = 151936): small enough that the
-# Python loop costs little, large enough that per-op overhead is amortised. Measured in
-# benchmarks/bench_token_stats.py (docs/performance.md).
-CPU_CHUNK_ELEMENTS = 1 << 20
+# About 0.5 M elements per chunk buffer on CPU (3 rows at V = 151936): measured fastest, as the
+# buffers stay in cache and the per-op Python overhead is still small (docs/performance.md).
+CPU_CHUNK_ELEMENTS = 1 << 19
+# From hidden states the chunk's logits come from a matmul that needs many rows to run at full
+# speed (each block re-reads the [V, D] weight): about 64 M logits, 441 rows at V = 151936.
+HIDDEN_BLOCK_ELEMENTS = 1 << 26
 # On an accelerator each op is a kernel launch: use large chunks (about 64 MB fp32 buffers).
 ACCEL_CHUNK_ELEMENTS = 1 << 24
 
 
 def default_chunk_rows(device: torch.device, vocab_size: int) -> int:
-    """Rows per chunk for the statistics pass: about 1 M elements on CPU, 16 M elsewhere."""
+    """Rows per chunk for the statistics pass: about 0.5 M elements on CPU, 16 M elsewhere."""
     target = CPU_CHUNK_ELEMENTS if device.type == "cpu" else ACCEL_CHUNK_ELEMENTS
     return max(1, target // max(vocab_size, 1))
+
+
+def default_block_rows(device: torch.device, vocab_size: int) -> int:
+    """Rows per logits block computed from hidden states (at least one statistics chunk)."""
+    return max(default_chunk_rows(device, vocab_size), HIDDEN_BLOCK_ELEMENTS // max(vocab_size, 1))
 
 
 def compute_dtype_for(dtype: torch.dtype) -> torch.dtype:
@@ -68,16 +76,15 @@ class RowSums:
         def new() -> Tensor:
             return torch.zeros(n, dtype=dtype, device=device)
 
-        self.m, self.s_rest, self.t, self.u_rest, self.w = new(), new(), new(), new(), new()
+        self.m, self.s, self.t, self.u, self.w = new(), new(), new(), new(), new()
 
-    def finish(self) -> tuple[Tensor, Tensor, Tensor]:
-        """`(log_s, entropy, baseline)`, each `[n]` (formulas in the module docstring)."""
-        s = 1.0 + self.s_rest
-        log_s = torch.log1p(self.s_rest)
-        t_over_s = self.t / s
-        entropy = log_s - t_over_s
-        baseline = (self.w - (1.0 + self.u_rest) * t_over_s) / (s * s)
-        return log_s, entropy, baseline
+    def finish(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`(log_s, mean_x, entropy, baseline)`, each `[n]` (formulas in the module docstring)."""
+        log_s = torch.log(self.s)
+        mean_x = self.t / self.s
+        entropy = log_s - mean_x
+        baseline = (self.w - self.u * mean_x) / (self.s * self.s)
+        return log_s, mean_x, entropy, baseline
 
 
 def chunk_stats(z: Tensor, start: int, sums: RowSums, work: Workspace, inv_tau: float) -> None:
@@ -85,17 +92,16 @@ def chunk_stats(z: Tensor, start: int, sums: RowSums, work: Workspace, inv_tau: 
     c = z.shape[0]
     rows = slice(start, start + c)
     x, e, ex = work.views(c)
-    m, argmax = z.max(dim=-1, keepdim=True)  # [c, 1] each
+    m = z.amax(dim=-1, keepdim=True).to(x.dtype)  # [c, 1]
     sums.m[rows] = m.squeeze(-1)  # unscaled
-    torch.sub(z, m.to(x.dtype), out=x)  # upcasts bf16/fp16 on the fly (m is a tensor)
+    torch.sub(z, m, out=x)  # upcasts bf16/fp16 on the fly (m is a tensor)
     if inv_tau != 1.0:
         x.mul_(inv_tau)
     torch.exp(x, out=e)
-    e.scatter_(1, argmax, 0.0)  # drop the row max: its e is exactly 1
-    torch.sum(e, dim=-1, out=sums.s_rest[rows])
+    torch.sum(e, dim=-1, out=sums.s[rows])
     torch.mul(e, x, out=ex)
     torch.sum(ex, dim=-1, out=sums.t[rows])
-    torch.linalg.vecdot(e, e, out=sums.u_rest[rows])
+    torch.linalg.vecdot(e, e, out=sums.u[rows])
     torch.linalg.vecdot(ex, e, out=sums.w[rows])
 
 
@@ -105,7 +111,7 @@ def chunk_grad(
     labels: Tensor,
     m: Tensor,
     log_s: Tensor,
-    coef_logp: Tensor,
+    coef_x: Tensor,
     coef_const: Tensor,
     grad_label: Tensor,
     out: Tensor,
@@ -115,26 +121,27 @@ def chunk_grad(
     """Write `dL/dz` for the rows `start : start + c` into `out [c, V]` from logits `z [c, V]`.
 
     With `g_lp`, `g_H` the incoming gradients of a row's log-prob and entropy,
-    `d log p_k / dz_j = (delta_jk - p_j) / tau` and `dH / dz_j = -p_j (log p_j + H) / tau`, so
+    `d log p_k / dz_j = (delta_jk - p_j) / tau` and
+    `dH / dz_j = -p_j (log p_j + H) / tau = -p_j (x_j - mean_x) / tau`, so
 
-        dL/dz_j = p_j (coef_logp * log p_j + coef_const) + delta_jk grad_label
+        dL/dz_j = p_j (coef_x * x_j + coef_const) + delta_jk grad_label
 
-    with `coef_logp = -g_H / tau`, `coef_const = -(g_lp + g_H H) / tau`, `grad_label = g_lp / tau`.
+    with `coef_x = -g_H / tau`, `coef_const = (g_H mean_x - g_lp) / tau`, `grad_label = g_lp / tau`.
     `m` (the unscaled row max) and `log_s` come from the forward pass; all per-row inputs are
     `[n]` and sliced here. `out` may be `z` itself (every read of `z` happens before the write).
     """
     c = z.shape[0]
     rows = slice(start, start + c)
-    x, e, ex = work.views(c)
+    x, p, ex = work.views(c)
     torch.sub(z, m[rows, None], out=x)  # upcasts bf16/fp16 on the fly
     if inv_tau != 1.0:
         x.mul_(inv_tau)
-    x.sub_(log_s[rows, None])  # log p
-    torch.exp(x, out=e)  # p
-    torch.mul(x, coef_logp[rows, None], out=ex)
+    torch.sub(x, log_s[rows, None], out=p)
+    p.exp_()
+    torch.mul(x, coef_x[rows, None], out=ex)
     ex.add_(coef_const[rows, None])
     target = out if out.dtype == ex.dtype else ex
-    torch.mul(ex, e, out=target)
+    torch.mul(ex, p, out=target)
     target.scatter_add_(1, labels[rows, None], grad_label[rows, None])
     if target is not out:
         out.copy_(target)

@@ -33,7 +33,12 @@ import torch
 from torch import Tensor
 
 from ._token_stats_autograd import HiddenStats, LogitsStats
-from ._token_stats_kernels import compute_dtype_for, default_chunk_rows, valid_runs
+from ._token_stats_kernels import (
+    compute_dtype_for,
+    default_block_rows,
+    default_chunk_rows,
+    valid_runs,
+)
 
 __all__ = ["TokenStats", "token_stats", "token_stats_from_hidden"]
 
@@ -65,8 +70,8 @@ def token_stats(
             place, never copied whole; a sliced view such as `logits[:, :-1]` is fine.
         labels: `[B, T]` integer token ids `k` in `[0, V)` at counted positions.
         temperature: `p = softmax(logits / temperature)`; must be > 0.
-        chunk_size: rows of `[V]` logits per chunk (default: about 1 M elements on CPU, 16 M
-            on an accelerator). Results do not depend on it beyond rounding.
+        chunk_size: rows of `[V]` logits per chunk (default: about 0.5 M logits on CPU, 3 rows
+            at V = 151936; 16 M on an accelerator). Results do not depend on it.
         mask: optional `[B, T]` bool (or 0/1 integer): True for counted positions.
         ignore_index: positions whose label equals it are ignored as well.
 
@@ -120,7 +125,7 @@ def token_stats_from_hidden(
         labels: `[B, T]` integer token ids in `[0, V)` at counted positions.
         bias: optional `[V]` output bias, same dtype as `weight`.
         temperature: `p = softmax(logits / temperature)`; must be > 0.
-        chunk_size: rows per logits block (default: about 32 M logits, 220 rows at V = 151936);
+        chunk_size: rows per logits block (default: about 64 M logits, 441 rows at V = 151936);
             the statistics inside a block use the `token_stats` chunking.
         mask, ignore_index: as in `token_stats`.
 
@@ -146,7 +151,8 @@ def token_stats_from_hidden(
                                          hidden.device)
     inv_tau = _inverse_temperature(temperature)
     inner_rows = default_chunk_rows(hidden.device, vocab)
-    block_rows = _chunk_rows(chunk_size, hidden.device, vocab, scale=32)
+    block_rows = (default_block_rows(hidden.device, vocab) if chunk_size is None
+                  else _chunk_rows(chunk_size, hidden.device, vocab))
     rows = hidden.reshape(-1, hidden.shape[-1])  # [B*T, D]
     if packed_labels.shape[0] < valid.numel():
         rows = rows[valid]  # [n, D]: only counted positions reach the output layer
@@ -220,9 +226,9 @@ def _inverse_temperature(temperature: float) -> float:
     return 1.0 / float(temperature)
 
 
-def _chunk_rows(chunk_size: int | None, device: torch.device, vocab: int, scale: int = 1) -> int:
+def _chunk_rows(chunk_size: int | None, device: torch.device, vocab: int) -> int:
     if chunk_size is None:
-        return scale * default_chunk_rows(device, vocab)
+        return default_chunk_rows(device, vocab)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive int (rows per chunk) or None, "
                          f"got {chunk_size!r}")
