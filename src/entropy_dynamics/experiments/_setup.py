@@ -1,7 +1,7 @@
 """Shared set-up of the trainer-driven experiments: the base configuration and run helpers.
 
 Every experiment that trains starts from ``base_config``: the tiny char model warm-started by
-SFT on 3-term 1-digit addition/subtraction ("3-7+5=") (cached by the trainer, so the SFT runs once per machine),
+SFT on 2-term one-digit addition/subtraction ("7-9=") (cached by the trainer, so the SFT runs once per machine),
 then GRPO-style RL on the same task. Experiments add their own overrides on top.
 """
 
@@ -10,19 +10,24 @@ from __future__ import annotations
 from pathlib import Path
 
 # The warm start and the RL task. One place, so every experiment shares one cached SFT model.
+# Chosen by short GRPO probes on this machine (150 steps each): with 2-term one-digit
+# arithmetic the warm start is right ~40 % of the time; GRPO at lr 5e-4 raises that to ~60 %
+# while entropy falls from ~0.75 to ~0.5. At lr >= 1e-3 (Adam) the first steps wreck the policy
+# (reward falls to ~5 %), and the 3-term task of configs/demo.yaml starts at a few % correct.
 BASE_OVERRIDES = [
     "model.name=tiny",
     "model.tiny={hidden_size: 64, num_layers: 2, num_heads: 4, intermediate_size: 256}",
     "model.sft_steps=200",
     "task.name=arithmetic",
-    "task.options={digits: 1, ops: '+-', terms: 3}",
-    "task.n_train=500",
+    "task.options={digits: 1, ops: '+-', terms: 2}",
+    "task.n_train=150",
     "task.n_eval=32",
-    "rollout.prompts_per_step=8",
+    "rollout.prompts_per_step=16",
     "rollout.group_size=8",
-    "rollout.max_new_tokens=8",
+    "rollout.max_new_tokens=4",
     "rollout.temperature=1.0",
-    "optim.lr=1e-3",
+    "optim.lr=5e-4",
+    "threads=1",
     "logging.progress=false",
     "logging.tensorboard=false",
     "logging.checkpoint_every=0",
