@@ -135,3 +135,55 @@ def test_run_directory_layout(tmp_path):
     assert {p.name for p in ckpt.iterdir()} == {
         "model.safetensors", "optimizer.pt", "rng.pt", "state.json"}  # fmt: skip
     assert json.loads((ckpt / "state.json").read_text())["step"] == 2
+
+
+_CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+from _train_fixtures import DigitTask, tiny_config
+from entropy_dynamics.train.loop import train
+train(tiny_config({run_dir!r}, "steps=400", "logging.checkpoint_every=2", "task.n_eval=0",
+                  "logging.probe_every=0"), resume={resume}, task=DigitTask())
+"""
+
+
+def _start_child(run_dir, *, resume: bool):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = _CHILD.format(tests=str(Path(__file__).parent), run_dir=str(run_dir), resume=resume)
+    return subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_steps(run_dir, n: int, child, timeout_s: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and child.poll() is None:
+        if len(read_jsonl(run_dir / "metrics.jsonl")) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the child did not reach {n} steps (exit code {child.poll()})")
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_loses_only_steps_after_the_last_checkpoint(tmp_path):
+    child = _start_child(tmp_path, resume=False)
+    _wait_for_steps(tmp_path, 5, child)
+    child.kill()  # SIGKILL: no handler runs
+    child.wait()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["step"] == i + 1 for i, line in enumerate(lines))  # no torn line
+    checkpoint = int(latest_checkpoint(tmp_path).name.split("-")[1])
+    assert checkpoint % 2 == 0 and len(lines) - checkpoint <= 2  # at most the steps since it
+
+    child = _start_child(tmp_path, resume=True)
+    _wait_for_steps(tmp_path, checkpoint + 3, child)
+    os.kill(child.pid, signal.SIGINT)  # Ctrl-C in a real process: checkpoint, clean exit
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err
+    assert "Traceback" not in err and "checkpoint saved" in err
+    steps = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert steps == list(range(1, len(steps) + 1))  # truncated to the checkpoint, then resumed
+    assert int(latest_checkpoint(tmp_path).name.split("-")[1]) == steps[-1]

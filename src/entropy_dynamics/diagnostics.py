@@ -134,3 +134,28 @@ def predicted_entropy_change(
     contribution = token_contributions(batch, lr=lr, ratio=ratio)
     mean, _, _ = masked_mean_std(contribution, batch.mask, group=group)
     return {PRED_DELTA: mean}
+
+
+# === trainer section (owned by train/; the compact GRPO loop's own metrics) ===================
+# Names only: the loop computes these values itself (rewards, timing, optimiser state) or
+# through `train.probe` / `theory` (the probe's measured and predicted entropy changes).
+REWARD_MEAN = "reward/mean"  # mean task reward of the batch's responses
+REWARD_STD = "reward/std"  # population std of the rewards
+REWARD_ERRORS = "reward/errors"  # reward calls that raised (scored 0), this step
+REWARD_TIMEOUTS = "reward/timeouts"  # reward calls past their time limit (scored 0), this step
+RESPONSE_LENGTH = "response/length"  # mean valid response tokens per row (EOS included)
+ROLLOUT_LOGPROB_GAP = "rollout/logprob_gap"  # max |sampler log p - recomputed log p| (rounding)
+LOSS_TOTAL = "loss/total"  # the aggregated loss that was minimised
+LOSS_NONFINITE = "loss/nonfinite"  # 1 on a step skipped for a non-finite loss or gradient
+OPTIM_GRAD_NORM = "optim/grad_norm"  # global gradient norm before clipping
+OPTIM_LR = "optim/lr"  # learning rate used at this step
+ENTROPY_MEASURED_DELTA = "entropy/measured_delta"  # probe: mean H(after) - H(before), same positions
+ENTROPY_PRED_DELTA_LOGIT = "entropy/pred_delta_logit"  # probe: mean -sum_j S_j dz_j (measured dz)
+# The probe logs PRED_DELTA ("entropy/pred_delta") as the batch MEAN of -alpha_t (S_t - N_t) with
+# the nominal step alpha_t = lr r_t A_t (keep * weight of the plan).
+PROBE_CORR_PRED = "probe/corr_pred"  # per-token Pearson r of -alpha (S - N) with the measured dH
+PROBE_CORR_PRED_LOGIT = "probe/corr_pred_logit"  # per-token Pearson r of -sum_j S_j dz_j with dH
+PROBE_SIGN_AGREE = "probe/sign_agree"  # fraction of updated tokens whose predicted sign is right
+TIME_STEP_S = "time/step_s"  # wall-clock seconds of the step
+TIME_STEP_CPU_S = "time/step_cpu_s"  # process CPU seconds of the step
+TIME_TOKENS_PER_S = "time/tokens_per_s"  # valid response tokens / wall-clock second

@@ -31,18 +31,19 @@ def _parse_methods(methods) -> list[tuple[str, str]]:
 
 def final_summary(run_dir: Path, *, window: int = FINAL_WINDOW) -> dict:
     """The run's "final" block of summary.json, read from its metrics.jsonl and eval.jsonl."""
+    from entropy_dynamics import diagnostics as dg
     from entropy_dynamics.train.logging import read_jsonl
 
     steps = read_jsonl(run_dir / "metrics.jsonl")
-    tail = [row for row in steps if "entropy/mean" in row][-window:]
+    tail = [row for row in steps if dg.ENTROPY_MEAN in row][-window:]
     evals = read_jsonl(run_dir / "eval.jsonl")
     if not tail or not evals:
         raise ValueError(f"run {run_dir}: needs training metrics and an evaluation to summarise")
     last = evals[-1]
     k = int(last["k"])
     return {
-        "entropy": sum(r["entropy/mean"] for r in tail) / len(tail),
-        "reward": sum(r["reward/mean"] for r in tail) / len(tail),
+        "entropy": sum(r[dg.ENTROPY_MEAN] for r in tail) / len(tail),
+        "reward": sum(r[dg.REWARD_MEAN] for r in tail) / len(tail),
         "avg@k": float(last["avg@k"][str(k)]),
         "pass@k": float(last["pass@k"][str(k)]),
         "k": k,

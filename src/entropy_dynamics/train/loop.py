@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from entropy_dynamics import diagnostics as dg
 from entropy_dynamics import methods
 from entropy_dynamics.advantages import get as get_advantage
 from entropy_dynamics.aggregation import aggregate
@@ -138,7 +139,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, task=None) -> Path:
                         f"{nonfinite} consecutive non-finite losses (optim.max_nonfinite="
                         f"{cfg.optim.max_nonfinite}); lower optim.lr or check the task's rewards"
                     )
-                metrics = {"loss/nonfinite": 1.0}
+                metrics = {dg.LOSS_NONFINITE: 1.0}
             else:
                 nonfinite = 0
             logger.log_step(step, metrics)
@@ -163,7 +164,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, task=None) -> Path:
     return run_dir
 
 
-_SHOWN = ("reward/mean", "entropy/mean", "loss/total")
+_SHOWN = (dg.REWARD_MEAN, dg.ENTROPY_MEAN, dg.LOSS_TOTAL)
 
 
 def _needs_reference(method) -> bool:
@@ -175,7 +176,7 @@ def train_step(
     generator, reference, run_dir,
 ) -> dict | None:  # fmt: skip
     """One GRPO step on `problems`; returns its metrics, or None when the loss was non-finite."""
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     G = cfg.rollout.group_size
     model.eval()
     rollout = sample(
@@ -243,18 +244,14 @@ def train_step(
     method.step_end({**plan.metrics, **loss_metrics})
 
     metrics = {
-        "reward/mean": rewards.mean(), "reward/std": rewards.std(unbiased=False),
+        dg.REWARD_MEAN: rewards.mean(), dg.REWARD_STD: rewards.std(unbiased=False),
         **reward_metrics,
-        "entropy/mean": stats.entropy.detach()[mask].mean(),
-        "discriminator/mean": stats.discriminator[mask].mean(),
-        "response/length": mask.sum(1).float().mean(),
-        "rollout/logprob_gap": (rollout.sampler_logprobs - old_logprobs)[mask].abs().max(),
-        "loss/total": loss_total, "optim/grad_norm": grad_norm, "optim/lr": lr,
+        **dg.entropy_metrics(batch.entropy, batch.discriminator, mask, baseline=batch.baseline),
+        dg.RESPONSE_LENGTH: mask.sum(1).float().mean(),
+        dg.ROLLOUT_LOGPROB_GAP: (rollout.sampler_logprobs - old_logprobs)[mask].abs().max(),
+        dg.LOSS_TOTAL: loss_total, dg.OPTIM_GRAD_NORM: grad_norm, dg.OPTIM_LR: lr,
         **plan.metrics, **loss_metrics,
     }  # fmt: skip
-    if stats.baseline is not None:
-        metrics["baseline/mean"] = stats.baseline[mask].mean()
-        metrics["deviation/mean"] = (stats.discriminator - stats.baseline)[mask].mean()
     if cfg.logging.probe_every and step % cfg.logging.probe_every == 0:
         with torch.no_grad():
             new_logits = response_logits(model, rollout.input_ids, rollout.attention_mask, T)
@@ -267,8 +264,9 @@ def train_step(
     if cfg.logging.save_batch_every and step % cfg.logging.save_batch_every == 0:
         save_step_data(run_dir, step, batch, plan, kind="batch", spec=cfg.method.spec)
     elapsed = time.perf_counter() - started
-    metrics["time/step_s"] = elapsed
-    metrics["time/tokens_per_s"] = float(mask.sum()) / elapsed
+    metrics[dg.TIME_STEP_S] = elapsed
+    metrics[dg.TIME_STEP_CPU_S] = time.process_time() - started_cpu
+    metrics[dg.TIME_TOKENS_PER_S] = float(mask.sum()) / elapsed
     return {k: float(v) for k, v in metrics.items()}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from entropy_dynamics import diagnostics as dg
 from entropy_dynamics import theory
 
 
@@ -57,10 +58,10 @@ def entropy_probe(
     moving = p != 0
     sign_agree = ((p.sign() == m.sign()) & moving).sum() / moving.sum().clamp(min=1)
     return {
-        "entropy/measured_delta": _masked_mean(measured, mask),  # fp32 from here on
-        "entropy/pred_delta": _masked_mean(predicted, mask),
-        "entropy/pred_delta_logit": _masked_mean(predicted_logit, mask),
-        "probe/corr_pred": _correlation(p, m),
-        "probe/corr_pred_logit": _correlation(q, m),
-        "probe/sign_agree": sign_agree.float(),
+        dg.ENTROPY_MEASURED_DELTA: _masked_mean(measured, mask),  # fp32 from here on
+        dg.PRED_DELTA: _masked_mean(predicted, mask),
+        dg.ENTROPY_PRED_DELTA_LOGIT: _masked_mean(predicted_logit, mask),
+        dg.PROBE_CORR_PRED: _correlation(p, m),
+        dg.PROBE_CORR_PRED_LOGIT: _correlation(q, m),
+        dg.PROBE_SIGN_AGREE: sign_agree.float(),
     }

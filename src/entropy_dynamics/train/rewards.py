@@ -12,6 +12,7 @@ import threading
 
 import torch
 
+from entropy_dynamics.diagnostics import REWARD_ERRORS, REWARD_TIMEOUTS
 from entropy_dynamics.tasks import RewardTimeout, safe_reward
 
 
@@ -64,7 +65,7 @@ class SafeReward:
         errors, timeouts = self.errors, self.timeouts
         values = [self(problems[i // group_size], text) for i, text in enumerate(texts)]
         metrics = {
-            "reward/errors": float(self.errors - errors),
-            "reward/timeouts": float(self.timeouts - timeouts),
+            REWARD_ERRORS: float(self.errors - errors),
+            REWARD_TIMEOUTS: float(self.timeouts - timeouts),
         }
         return torch.tensor(values, dtype=torch.float32), metrics
