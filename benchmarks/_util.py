@@ -79,6 +79,7 @@ def run_child(script: str, case: dict, threads: int | None, timeout: float) -> R
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     command = [sys.executable, script, "--child", json.dumps(case)]
+    start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -86,7 +87,10 @@ def run_child(script: str, case: dict, threads: int | None, timeout: float) -> R
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         return f"failed (rc {done.returncode}): {tail[0][:120]}"
-    return Result(**json.loads(done.stdout.strip().splitlines()[-1]))
+    result = Result(**json.loads(done.stdout.strip().splitlines()[-1]))
+    print(f"  {case} -> {result} ({time.perf_counter() - start:.0f} s)", file=sys.stderr,
+          flush=True)
+    return result
 
 
 def child_entry(case_json: str, run_case: Callable[[dict], Result]) -> None:
