@@ -50,7 +50,8 @@ def _load(name: str, quick: bool, tmp_dir):
     from ..tasks import get as get_task
     from ..train.setup import build_policy
 
-    cfg = base_config(tmp_dir, f"model.name={name}", *(["model.sft_steps=0"] if name != "tiny" else []))
+    extra = [] if name == "tiny" else ["model.sft_steps=0", "model.tiny={}"]
+    cfg = base_config(tmp_dir, f"model.name={name}", *extra)
     task = get_task(cfg.task.name, **cfg.task.options)
     model, tokenizer = build_policy(cfg, task=task)
     prompts = [task.format_prompt(p) for p in task.problems("train", 64, seed=1)]
