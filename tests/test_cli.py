@@ -68,3 +68,26 @@ def test_train_eval_lens_report_end_to_end(tmp_path, capsys):
     assert cli.main(["report", str(run_dir), "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "report.md").exists()
     assert (tmp_path / "report" / "report.html").exists()
+
+
+def test_demo_writes_report_and_summary_with_the_documented_schema(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = cli.main(["demo", "--out", str(out), "steps=2", "model.sft_steps=3",
+                     f"model.sft_cache={tmp_path / 'sft'}", "model.sft_batch_size=8",
+                     "task.n_eval=3", "logging.eval_k=2", "logging.eval_every=0",
+                     "logging.progress=false", "logging.tensorboard=false",
+                     "rollout.prompts_per_step=2", "rollout.group_size=2"])  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"duration_s", "runs"} and isinstance(summary["duration_s"], float)
+    assert [run["name"] for run in summary["runs"]] == ["grpo", "clip_b", "clip_v"]
+    for run in summary["runs"]:
+        assert set(run) == {"name", "method", "seed", "final"}
+        assert isinstance(run["method"], str) and isinstance(run["seed"], int)
+        assert set(run["final"]) == {"entropy", "reward", "avg@k", "pass@k", "k"}
+        assert run["final"]["k"] == 2
+        assert all(isinstance(run["final"][key], float) for key in ("entropy", "reward",
+                                                                     "avg@k", "pass@k"))  # fmt: skip
+    assert (out / "report.md").exists() and (out / "report.html").exists()
+    assert list((out / "figures").glob("*.png"))
+    assert len(list((tmp_path / "sft").glob("*.safetensors"))) == 1  # one warm start, shared

@@ -19,9 +19,12 @@ def policy():
     return model.eval(), tokenizer
 
 
-def test_sampler_logprobs_equal_teacher_forced_logprobs(policy):
+@pytest.mark.parametrize(
+    "prompts",
+    [["1+2=", "123+456-7=", "q="], ["1+2=", "7-5="]],  # left padding in play / no padding at all
+)
+def test_sampler_logprobs_equal_teacher_forced_logprobs(policy, prompts):
     model, tokenizer = policy
-    prompts = ["1+2=", "123+456-7=", "q="]  # different lengths: left padding in play
     rollout = sample(model, tokenizer, prompts, group_size=3, temperature=0.7, max_new_tokens=6,
                      generator=torch.Generator().manual_seed(0))  # fmt: skip
     T = rollout.response_ids.shape[1]

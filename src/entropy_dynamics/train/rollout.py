@@ -96,9 +96,11 @@ def sample(
     eos, pad = tokenizer.eos_token_id, _pad_id(tokenizer)
 
     position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    padded = not bool(prompt_mask.all())  # no padding: no mask to build (faster, same result)
     out = model(
-        input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, use_cache=True
-    )
+        input_ids=prompt_ids, attention_mask=prompt_mask if padded else None,
+        position_ids=position_ids, use_cache=True,
+    )  # fmt: skip
     cache, next_logits = out.past_key_values, out.logits[:, -1].float()  # (B, V)
     next_position = position_ids[:, -1:] + 1
     attention = prompt_mask
@@ -120,10 +122,11 @@ def sample(
         alive = alive & (token != eos)
         if not alive.any() or t == max_new_tokens - 1:
             break
-        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+        if padded:
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
         out = model(
             input_ids=token[:, None],
-            attention_mask=attention,
+            attention_mask=attention if padded else None,
             position_ids=next_position,
             past_key_values=cache,
             use_cache=True,
@@ -160,9 +163,10 @@ def response_logits(model, input_ids: Tensor, attention_mask: Tensor, response_l
     Column t of the result scores response token t (the model's output one position earlier).
     """
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    padded = not bool(attention_mask.all())
     logits = model(
         input_ids=input_ids[:, :-1],
-        attention_mask=attention_mask[:, :-1],
+        attention_mask=attention_mask[:, :-1] if padded else None,
         position_ids=position_ids[:, :-1],
         use_cache=False,
         logits_to_keep=response_len,  # only the T columns we need go through the output layer
