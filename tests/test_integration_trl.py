@@ -24,8 +24,6 @@ from entropy_dynamics.integrations.trl import (
 )
 from entropy_dynamics.models import build_char_tokenizer, build_tiny_model
 
-pytestmark = pytest.mark.slow  # importing trl and running its trainer costs ~10-20 s
-
 
 def reward_by_chars(completions, **kwargs):
     """A reward that varies within a group: a hash of the completion's characters."""
@@ -64,10 +62,12 @@ def reference_stats(trainer, output):
     return {"logprobs": logp_k, "entropy": H, "discriminator": S, "baseline": N}
 
 
+TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=1)
+
+
 def make_trainer(tmp_path, method, *, steps=2, trainer_cls=RecordingTrainer, **overrides):
     tokenizer = build_char_tokenizer()
-    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2,
-                             intermediate_size=64, seed=1)
+    model = build_tiny_model(tokenizer, **TINY)
     dataset = Dataset.from_dict({"prompt": [f"{i}+{2 * i}=" for i in range(32)]})
     options = dict(
         output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4,
@@ -188,3 +188,25 @@ def test_options_that_cannot_be_honoured_are_refused(tmp_path):
         EntropyGRPOConfig(entropy_method="ce_gppo + clip_b", loss_type="sapo", **common)
     # TRL's own surrogate (plain ppo) keeps every TRL option: KL, loss types, entropy mask
     EntropyGRPOConfig(entropy_method="clip_b", beta=0.1, loss_type="sapo", **common)
+
+
+def test_probe_logs_the_measured_entropy_change_of_the_update(tmp_path):
+    trainer = make_trainer(tmp_path, "clip_b(mu=0.5)", steps=1, entropy_probe_steps=1)
+    before = build_tiny_model(trainer.processing_class, **TINY)   # the same initial weights
+    trainer.train()
+    inputs = _loss_inputs(trainer)   # one step, one micro-batch: the probed one
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    att = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    T, mask = inputs["completion_ids"].size(1), inputs["completion_mask"].bool()
+
+    def entropy(model):  # H of softmax(z), float64, at the completion positions
+        with torch.no_grad():
+            z = model(input_ids=ids, attention_mask=att).logits[:, -T - 1:-1].double()
+        return -(z.softmax(-1) * z.log_softmax(-1)).sum(-1)
+
+    measured = (entropy(trainer.model) - entropy(before))[mask].mean()
+    row = next(r for r in trainer.state.log_history if "entropy/measured_delta" in r)
+    assert row["entropy/measured_delta"] == pytest.approx(float(measured), rel=1e-3, abs=1e-7)
+    assert measured.abs() > 1e-6, "the update must move the entropy for the check to mean much"
+    for key in ("entropy/pred_delta", "probe/corr_pred", "probe/sign_agree"):
+        assert key in row

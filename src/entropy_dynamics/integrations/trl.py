@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from entropy_dynamics import diagnostics, methods, models
@@ -59,6 +60,9 @@ class EntropyGRPOConfig(GRPOConfig):
         A plain `ppo` surrogate defers to TRL's own `loss_type` and `epsilon`.
     entropy_chunk_rows: rows per forward pass of the statistics pass (None: the per-device
         train batch size); bounds the memory of that extra no-grad pass.
+    entropy_probe_steps: every this many optimiser steps, the entropy at the last micro-batch's
+        completion tokens is re-measured after the update and logged beside Theorem 3.3's
+        prediction (`entropy_dynamics.train.probe.entropy_probe`); 0 turns the probe off.
     """
 
     entropy_method: str = field(
@@ -69,10 +73,21 @@ class EntropyGRPOConfig(GRPOConfig):
         default=None,
         metadata={"help": "rows per no-grad forward pass of the token-statistics pass."},
     )
+    entropy_probe_steps: int = field(
+        default=0,
+        metadata={"help": "every this many optimiser steps, re-measure the entropy of the last "
+                          "micro-batch after the update beside the first-order predictions "
+                          "(entropy/measured_delta, entropy/pred_delta, probe/*); 0 = off. "
+                          "Holds that micro-batch's [b, T, V] logits twice."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         method = methods.build(self.entropy_method)  # fail at configuration time on a bad spec
+        if self.entropy_probe_steps < 0:
+            raise ValueError(
+                f"entropy_probe_steps must be >= 0 (0 = off), got {self.entropy_probe_steps}"
+            )
         if self.entropy_chunk_rows is not None and self.entropy_chunk_rows < 1:
             raise ValueError(
                 f"entropy_chunk_rows must be a positive int or None, got {self.entropy_chunk_rows}"
@@ -139,6 +154,9 @@ class EntropyGRPOTrainer(GRPOTrainer):
         self.last_token_batch: TokenBatch | None = None
         self.last_plan: Plan | None = None
         self._window_metrics: dict[str, torch.Tensor] = {}
+        self._probe, self._probe_due = None, False
+        if self.args.entropy_probe_steps:
+            self.add_callback(_ProbeCallback(self))
         if self.aux_loss_enabled and not self.trl_surrogate:
             raise ValueError(
                 f"entropy_method={self.args.entropy_method!r} replaces TRL's loss, which would "
@@ -215,6 +233,9 @@ class EntropyGRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ the loss
     def _compute_loss(self, model, inputs):
+        if self._probe_due and self.model.training:
+            self._probe_due = False
+            self._probe_before(inputs)
         keep = inputs[KEEP_KEY]
         if self.trl_surrogate:
             # TRL's loss mask is completion_mask * tool_mask; tool_mask is read nowhere else
@@ -267,11 +288,61 @@ class EntropyGRPOTrainer(GRPOTrainer):
         return loss
 
     def training_step(self, model, inputs, num_items_in_batch):
+        window_ends = (self._step + 1) % self.current_gradient_accumulation_steps == 0
+        every = self.args.entropy_probe_steps
+        # the probed micro-batch is the last of the window; its prepared inputs reach the loss
+        self._probe_due = bool(window_ends and every and (self.state.global_step + 1) % every == 0)
         output = super().training_step(model, inputs, num_items_in_batch)
         if self._step % self.current_gradient_accumulation_steps == 0:
             self.method.step_end(self._window_metrics)  # stateful parts (adaptive bonus) only
             self._window_metrics = {}
         return output
+
+    # ------------------------------------------------------------------ the entropy probe
+    @torch.no_grad()
+    def _completion_logits(self, inputs) -> torch.Tensor:
+        """Logits `[b, T, V]` at the completion positions of one micro-batch (no grad)."""
+        model = self.accelerator.unwrap_model(self.model)
+        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        att = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        T = inputs["completion_ids"].size(1)
+        with self.accelerator.autocast():
+            logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits
+        return logits[:, -T - 1:-1].float()
+
+    def _probe_before(self, inputs) -> None:
+        """Keep the micro-batch and its logits; `_ProbeCallback` measures after the step."""
+        self._probe = (inputs, self._completion_logits(inputs), self._get_learning_rate())
+
+    def probe_after_step(self) -> None:
+        """Measured vs predicted entropy change of the probed micro-batch, into the metrics."""
+        from entropy_dynamics.train.probe import entropy_probe
+
+        inputs, old_logits, lr = self._probe
+        self._probe = None
+        advantages = inputs["advantages"]
+        if advantages.dim() == 1:
+            advantages = advantages.unsqueeze(1)
+        keep = inputs[KEEP_KEY]
+        # Theorem 3.3's nominal step alpha = lr * r * A * w; r = 1: the plan is made on-policy
+        alpha = lr * advantages.expand_as(keep) * keep * inputs[WEIGHT_KEY]
+        mask = inputs["completion_mask"].bool()
+        metrics = entropy_probe(old_logits, self._completion_logits(inputs),
+                                inputs["completion_ids"], mask, alpha,
+                                temperature=self.temperature)
+        for name, value in metrics.items():
+            self._metrics["train"][name].append(float(value))
+
+
+class _ProbeCallback(TrainerCallback):
+    """Runs the trainer's entropy probe right after the optimiser step, before logging."""
+
+    def __init__(self, trainer: EntropyGRPOTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer._probe is not None:
+            self.trainer.probe_after_step()
 
 
 def _micro_plan(inputs) -> Plan:
