@@ -210,3 +210,19 @@ def test_probe_logs_the_measured_entropy_change_of_the_update(tmp_path):
     assert measured.abs() > 1e-6, "the update must move the entropy for the check to mean much"
     for key in ("entropy/pred_delta", "probe/corr_pred", "probe/sign_agree"):
         assert key in row
+
+
+def test_method_loss_summed_over_micro_batches_is_the_whole_batch_token_mean(tmp_path):
+    # gradient accumulation 2: TRL shuffles the generation batch and splits it in two
+    trainer = make_trainer(tmp_path, "pg + clip_b(mu=0.5)", steps=1, loss_type="bnpo",
+                           per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    trainer.train()
+    parts = trainer._buffered_inputs
+    assert len(parts) == 2
+    keep = torch.cat([p[KEEP_KEY] for p in parts]).double()
+    A = torch.cat([p["advantages"] for p in parts]).double().unsqueeze(1)
+    expected = (-A * keep).sum() / keep.sum()   # r = 1 on-policy: token loss -A
+    with torch.no_grad():
+        total = sum(trainer._compute_loss(trainer.model, p) for p in parts)
+    torch.testing.assert_close(total.double(), expected, atol=1e-6, rtol=1e-6)
+    assert int(keep.sum()) == int(trainer.last_plan.keep.sum())
