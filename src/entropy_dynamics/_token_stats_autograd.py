@@ -125,6 +125,20 @@ def _inner_chunks(start: int, rows: int, chunk_rows: int) -> list[Chunk]:
     ]
 
 
+# The two block helpers keep their chunk views local, so that a block's logits are freed as
+# soon as the caller drops them (a view left in a loop variable would keep two blocks alive).
+def _block_stats(logits, start, sums, work, inv_tau, chunk_rows) -> None:
+    for chunk in _inner_chunks(start, logits.shape[0], chunk_rows):
+        chunk_stats(logits.narrow(0, chunk.local, chunk.rows), chunk.packed, sums, work, inv_tau)
+
+
+def _block_grad(logits, grad_logits, start, per_row, work, inv_tau, chunk_rows) -> None:
+    for chunk in _inner_chunks(start, logits.shape[0], chunk_rows):
+        z = logits.narrow(0, chunk.local, chunk.rows)
+        out = grad_logits.narrow(0, chunk.local, chunk.rows)
+        chunk_grad(z, chunk.packed, *per_row, out, work, inv_tau)
+
+
 class HiddenStats(torch.autograd.Function):
     """The same statistics from hidden states and the output layer, one row block at a time."""
 
@@ -139,9 +153,7 @@ class HiddenStats(torch.autograd.Function):
             rows = slice(start, min(start + block_rows, n))
             logits = _block_logits(hidden[rows], weight, bias)  # [c, V]
             label_logits[rows] = logits.gather(1, labels[rows, None]).squeeze(1)
-            for chunk in _inner_chunks(start, logits.shape[0], chunk_rows):
-                z = logits.narrow(0, chunk.local, chunk.rows)
-                chunk_stats(z, chunk.packed, sums, work, inv_tau)
+            _block_stats(logits, start, sums, work, inv_tau, chunk_rows)
             del logits
         log_s, mean_x, *stats = _finish(sums, label_logits, inv_tau)
         _check_finite(valid, *stats)
@@ -155,23 +167,22 @@ class HiddenStats(torch.autograd.Function):
     def backward(ctx, grad_logprobs, grad_entropy, _grad_s, _grad_n):
         hidden, weight, bias, labels, m, log_s, mean_x = ctx.saved_tensors
         g_lp, g_h = (_packed(g, None, mean_x) for g in (grad_logprobs, grad_entropy))
-        coefs = _grad_coefficients(g_lp, g_h, mean_x, ctx.inv_tau)
+        per_row = (labels, m, log_s, *_grad_coefficients(g_lp, g_h, mean_x, ctx.inv_tau))
         n, vocab = hidden.shape[0], weight.shape[0]
         want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.zeros_like(hidden) if want_hidden else None
         # Accumulate over blocks in at least fp32: bf16 sums of many blocks would lose bits.
         acc_dtype = m.dtype
-        grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device)
-        grad_bias = torch.zeros(vocab, dtype=acc_dtype, device=weight.device)
+        if want_weight:
+            grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device)
+        if want_bias:
+            grad_bias = torch.zeros(vocab, dtype=acc_dtype, device=weight.device)
         work = Workspace(min(ctx.chunk_rows, max(n, 1)), vocab, m.dtype, hidden.device)
         for start in range(0, n, ctx.block_rows):
             rows = slice(start, min(start + ctx.block_rows, n))
             logits = _block_logits(hidden[rows], weight, bias)  # [c, V], becomes dL/dlogits
             grad_logits = logits if logits.dtype == acc_dtype else logits.to(acc_dtype)
-            for chunk in _inner_chunks(start, logits.shape[0], ctx.chunk_rows):
-                z = logits.narrow(0, chunk.local, chunk.rows)
-                out = grad_logits.narrow(0, chunk.local, chunk.rows)
-                chunk_grad(z, chunk.packed, labels, m, log_s, *coefs, out, work, ctx.inv_tau)
+            _block_grad(logits, grad_logits, start, per_row, work, ctx.inv_tau, ctx.chunk_rows)
             if want_hidden:
                 grad_hidden[rows] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
             if want_weight:

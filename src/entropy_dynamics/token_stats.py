@@ -71,7 +71,8 @@ def token_stats(
         labels: `[B, T]` integer token ids `k` in `[0, V)` at counted positions.
         temperature: `p = softmax(logits / temperature)`; must be > 0.
         chunk_size: rows of `[V]` logits per chunk (default: about 0.5 M logits on CPU, 3 rows
-            at V = 151936; 16 M on an accelerator). Results do not depend on it.
+            at V = 151936; 16 M on an accelerator). Results do not depend on it beyond
+            float rounding.
         mask: optional `[B, T]` bool (or 0/1 integer): True for counted positions.
         ignore_index: positions whose label equals it are ignored as well.
 
@@ -85,8 +86,9 @@ def token_stats(
         ValueError: on a wrong type, dtype or shape, labels outside `[0, V)` at counted
             positions, NaN or +-inf logits in a counted row, `temperature <= 0`, `chunk_size <= 0`.
 
-    Differs from the paper: the paper's statistics are per token; the temperature is explicit
-    here because a sampler at temperature `T` draws from `softmax(z / T)`.
+    Differs from the paper: not in value. `N` and `S_*` are evaluated in forms algebraically
+    equal to Thm 3.3 / 3.2 that avoid `log sum exp` rounding (see `_token_stats_kernels`), and
+    the sampling temperature is explicit (the paper's `p` is the sampler's `softmax(z / T)`).
     """
     _check_tensor("logits", logits, "[B, T, V]", min_dim=2)
     vocab = logits.shape[-1]
