@@ -59,6 +59,8 @@ def run_case(case: dict) -> _util.Result:
 def main() -> None:
     parser = _util.arg_parser(__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=None, help="B * T (default 2048; quick 256)")
+    parser.add_argument("--passes", default="forward,forward+backward", help="comma-separated")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
     args = parser.parse_args()
     if args.child:
         _util.child_entry(args.child, run_case)
@@ -68,12 +70,12 @@ def main() -> None:
           f"best of {args.repeats}; {_util.machine_line(args.threads)}")
     header = ["variant", "pass", "wall s", "CPU s", "CPU / matmul", "peak extra MiB"]
     table = []
-    for pass_ in ("forward", "forward+backward"):
+    for pass_ in args.passes.split(","):
         results = {}
-        for variant in VARIANTS:
+        for variant in args.variants.split(","):
             case = {"variant": variant, "pass": pass_, "rows": rows, "repeats": args.repeats}
             results[variant] = _util.run_child(__file__, case, args.threads, args.timeout)
-        base = results["matmul"]
+        base = results.get("matmul")
         for variant, res in results.items():
             if isinstance(res, str):
                 table.append([variant, pass_, res, "", "", ""])
