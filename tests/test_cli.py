@@ -60,7 +60,7 @@ def test_train_eval_lens_report_end_to_end(tmp_path, capsys):
     assert cli.main(args) == 0
     assert cli.main(["eval", str(run_dir), "--k", "2", "--n", "3"]) == 0
     printed = capsys.readouterr().out
-    record = json.loads(printed[printed.index("{"):])
+    record = json.loads(printed[printed.index("{") :])
     assert record["step"] == 2 and record["num_prompts"] == 3 and record["k"] == 2
     assert cli.main(["lens", str(run_dir), "--out", str(tmp_path / "lens.json")]) == 0
     assert "unified lens" in capsys.readouterr().out

@@ -73,7 +73,7 @@ def test_micro_batches_give_the_same_update_as_one_batch(tmp_path):
 
 
 def test_non_finite_loss_skips_steps_then_stops(tmp_path, monkeypatch, capsys):
-    def nan_loss(cfg, method, plan, batch, rows, stats, T):
+    def nan_loss(cfg, method, plan, batch, rows, stats):
         return stats.logprobs.sum() * float("nan"), {}
 
     monkeypatch.setattr(loop, "micro_batch_loss", nan_loss)
@@ -187,3 +187,17 @@ def test_kill_9_then_resume_loses_only_steps_after_the_last_checkpoint(tmp_path)
     steps = [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")]
     assert steps == list(range(1, len(steps) + 1))  # truncated to the checkpoint, then resumed
     assert int(latest_checkpoint(tmp_path).name.split("-")[1]) == steps[-1]
+
+
+def test_statistics_from_hidden_states_equal_those_from_logits(tmp_path):
+    runs = {}
+    for source in ("logits", "hidden"):
+        run_dir = tmp_path / source
+        cfg = tiny_config(run_dir, "steps=2", f"model.stats_from={source}", "task.n_eval=0",
+                          "method.spec=clip_v(mu=1.0, max_frac=1.0)")  # fmt: skip
+        loop.train(cfg, task=DigitTask())
+        runs[source] = _training_metrics(run_dir)
+    for from_logits, from_hidden in zip(runs["logits"], runs["hidden"], strict=True):
+        for key in ("entropy/mean", "entropy/s_mean", "entropy/n_mean", "loss/total",
+                    "clip_v/frac_dropped", "entropy/measured_delta", "entropy/pred_delta"):  # fmt: skip
+            assert from_hidden[key] == pytest.approx(from_logits[key], rel=1e-4, abs=1e-7), key

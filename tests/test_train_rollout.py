@@ -52,7 +52,9 @@ def test_rows_are_prompt_major(policy):
     rollout = sample(model, tokenizer, ["1=", "22="], group_size=3, max_new_tokens=2,
                      generator=torch.Generator().manual_seed(1))  # fmt: skip
     prompt_part = rollout.input_ids[:, : rollout.prompt_len]
-    assert torch.equal(prompt_part[0], prompt_part[2]) and torch.equal(prompt_part[3], prompt_part[5])
+    assert torch.equal(prompt_part[0], prompt_part[2]) and torch.equal(
+        prompt_part[3], prompt_part[5]
+    )
     assert not torch.equal(prompt_part[0], prompt_part[3])
 
 

@@ -109,9 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="avg@k, unbiased pass@k, greedy accuracy and the pass-rate "
                        "histogram of a run's checkpoint on its task's held-out split.")  # fmt: skip
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--k", type=int, default=None, help="samples per problem (default: logging.eval_k)")
+    p.add_argument(
+        "--k", type=int, default=None, help="samples per problem (default: logging.eval_k)"
+    )
     p.add_argument("--n", type=int, default=None, help="held-out problems (default: task.n_eval)")
-    p.add_argument("--checkpoint", default=None, help="a checkpoints/step-N folder (default: latest)")
+    p.add_argument(
+        "--checkpoint", default=None, help="a checkpoints/step-N folder (default: latest)"
+    )
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature (default: rollout.temperature)")  # fmt: skip
     p.add_argument("--no-write", action="store_true", help="do not append to RUN_DIR/eval.jsonl")

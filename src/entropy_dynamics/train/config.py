@@ -18,6 +18,7 @@ import yaml
 SCHEDULES = ("constant", "linear", "cosine")
 DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
+STATS_FROM = ("auto", "logits", "hidden")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class ModelConfig:
     sft_lr / sft_batch_size: the warm start's AdamW learning rate and batch size.
     sft_cache: directory for cached warm-started weights ("" = ~/.cache/entropy-dynamics/sft).
     dtype: parameter dtype of the policy.
+    stats_from: where token statistics come from: "logits" (the [B, T, V] logits), "hidden"
+        (`token_stats_from_hidden`: hidden states and the output layer, never holding the logits),
+        or "auto" (hidden for vocabularies of 32 768 tokens or more).
     """
 
     name: str = "tiny"
@@ -42,6 +46,7 @@ class ModelConfig:
     sft_batch_size: int = 64
     sft_cache: str = ""
     dtype: str = "float32"
+    stats_from: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -217,6 +222,8 @@ def validate(cfg: TrainConfig) -> None:
         _fail("device", cfg.device, ", ".join(DEVICES))
     if cfg.model.dtype not in DTYPES:
         _fail("model.dtype", cfg.model.dtype, ", ".join(DTYPES))
+    if cfg.model.stats_from not in STATS_FROM:
+        _fail("model.stats_from", cfg.model.stats_from, ", ".join(STATS_FROM))
     if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
         _fail("optim.betas", cfg.optim.betas, "two floats in [0, 1)")
     _validate_names(cfg)

@@ -71,9 +71,7 @@ def run_demo(*, config=None, out_dir: Path = Path("runs/demo"), overrides=(), me
     runs, run_dirs = [], []
     for name, spec in _parse_methods(methods):
         run_dir = out_dir / name
-        cfg = load_config(
-            config, [*overrides, f"method.spec={spec}", f"logging.run_dir={run_dir}"]
-        )
+        cfg = load_config(config, [*overrides, f"method.spec={spec}", f"logging.run_dir={run_dir}"])
         print(f"[demo] training {name} ({spec}) for {cfg.steps} steps -> {run_dir}", flush=True)
         train(cfg)
         run_dirs.append(run_dir)

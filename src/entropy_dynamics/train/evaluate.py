@@ -101,9 +101,13 @@ def evaluate(
         )  # fmt: skip
         r = _rewards(task, chunk, sampled.texts, n, reward_fn)
         rewards += r
-        counts += [sum(x >= correct_threshold for x in r[i * n : (i + 1) * n]) for i in range(len(chunk))]
+        counts += [
+            sum(x >= correct_threshold for x in r[i * n : (i + 1) * n]) for i in range(len(chunk))
+        ]
         greedy = sample(model, tokenizer, prompts, temperature=0.0, max_new_tokens=max_new_tokens)
-        greedy_correct += sum(x >= correct_threshold for x in _rewards(task, chunk, greedy.texts, 1, reward_fn))
+        greedy_correct += sum(
+            x >= correct_threshold for x in _rewards(task, chunk, greedy.texts, 1, reward_fn)
+        )
     result = summarise(counts, n)
     result["greedy_acc"] = greedy_correct / len(problems)
     result["reward/mean"] = sum(rewards) / len(rewards)

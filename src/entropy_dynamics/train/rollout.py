@@ -172,3 +172,16 @@ def response_logits(model, input_ids: Tensor, attention_mask: Tensor, response_l
         logits_to_keep=response_len,  # only the T columns we need go through the output layer
     ).logits  # (B, T, V)
     return logits[:, -response_len:].float()
+
+
+def response_hidden(model, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
+    """Final hidden states that predict the response tokens: [B, T, D] (column t scores token t)."""
+    from entropy_dynamics.models import model_hidden
+
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    padded = not bool(attention_mask.all())
+    hidden = model_hidden(
+        model, input_ids[:, :-1], attention_mask[:, :-1] if padded else None,
+        position_ids=position_ids[:, :-1],
+    )  # fmt: skip  # (B, P + T - 1, D)
+    return hidden[:, -response_len:]

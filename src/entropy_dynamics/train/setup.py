@@ -108,11 +108,15 @@ def save_step_data(run_dir, step: int, batch, plan, *, kind: str, spec: str = ""
             arrays["baseline"] = batch.baseline[mask]
         path = Path(run_dir) / "dist" / f"step-{step}.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, **{k: v.detach().float().cpu().numpy() for k, v in arrays.items()})
+        np.savez_compressed(
+            path, **{k: v.detach().float().cpu().numpy() for k, v in arrays.items()}
+        )
         return path
     if kind == "batch":
         fields = {
-            f.name: None if getattr(batch, f.name) is None else getattr(batch, f.name).detach().cpu()
+            f.name: None
+            if getattr(batch, f.name) is None
+            else getattr(batch, f.name).detach().cpu()
             for f in dataclasses.fields(batch)
         }
         path = Path(run_dir) / "batches" / f"step-{step}.pt"
@@ -132,3 +136,82 @@ def save_step_data(run_dir, step: int, batch, plan, *, kind: str, spec: str = ""
         )
         return path
     raise ValueError(f"kind={kind!r}: valid kinds are 'dist', 'batch'")
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a training run holds between steps (built by `build_run`)."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    model: torch.nn.Module
+    tokenizer: object
+    task: object
+    train_problems: list
+    eval_problems: list
+    method: object
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    reward: object
+    generator: torch.Generator
+    reference: torch.nn.Module | None = None  # frozen initial policy, when the method has a KL
+    step: int = 0
+    nonfinite: int = 0  # consecutive steps skipped for a non-finite loss
+
+
+def build_run(cfg: TrainConfig, *, task=None) -> Run:
+    """Seed, then build the policy (warm-started), data, method, optimiser and reward wrapper."""
+    import copy
+
+    import numpy as np
+
+    from entropy_dynamics import methods
+    from entropy_dynamics.train.rewards import SafeReward
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    if task is None:
+        from entropy_dynamics import tasks
+
+        task = tasks.get(cfg.task.name, **cfg.task.options)
+    if hasattr(task, "start"):  # launch verifier workers before the reward time limit applies
+        task.start()
+    model, tokenizer = build_policy(cfg, task=task)
+    method = methods.build(cfg.method.spec)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+        weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps,
+    )  # fmt: skip
+    generator = torch.Generator(device=next(model.parameters()).device)
+    generator.manual_seed(cfg.seed)
+    return Run(
+        cfg=cfg,
+        run_dir=Path(cfg.logging.run_dir),
+        model=model,
+        tokenizer=tokenizer,
+        task=task,
+        train_problems=task.problems("train", cfg.task.n_train, seed=cfg.seed),
+        eval_problems=task.problems("test", cfg.task.n_eval, seed=cfg.seed)
+        if cfg.task.n_eval
+        else [],
+        method=method,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg)),
+        reward=SafeReward(task, timeout_s=cfg.task.reward_timeout_s),
+        generator=generator,
+        reference=copy.deepcopy(model).requires_grad_(False) if method.needs_ref_logprobs else None,
+    )
+
+
+def stats_from_hidden(cfg: TrainConfig, model) -> bool:
+    """Whether token statistics are streamed from hidden states (model.stats_from)."""
+    if cfg.model.stats_from == "auto":
+        return model.get_output_embeddings().weight.shape[0] >= HIDDEN_STATS_MIN_VOCAB
+    return cfg.model.stats_from == "hidden"
+
+
+HIDDEN_STATS_MIN_VOCAB = 32_768
+"""With "auto", vocabularies this large skip the [B, T, V] logits (SmolLM2: 49 152; the char
+model: 91)."""

@@ -32,11 +32,14 @@ def sft_cache_dir(cfg: TrainConfig) -> Path:
     return Path(root) / "sft" if root else Path.home() / ".cache" / "entropy-dynamics" / "sft"
 
 
+_NOT_IN_KEY = ("sft_cache", "stats_from")  # model fields that do not change the weights
+
+
 def cache_key(cfg: TrainConfig) -> str:
     """Hash of what determines the warm-started weights (model, task, SFT settings, seed)."""
     settings = to_dict(cfg)
     data = {
-        "model": {k: v for k, v in settings["model"].items() if k != "sft_cache"},
+        "model": {k: v for k, v in settings["model"].items() if k not in _NOT_IN_KEY},
         "task": {k: settings["task"][k] for k in ("name", "options", "n_train")},
         "seed": cfg.seed,
         "torch": torch.__version__.split("+")[0],
@@ -61,8 +64,17 @@ def _batch(tokenizer, pairs: list[tuple[str, str]], device):
     return ids, mask, lab
 
 
-def warm_start(model, tokenizer, task, problems, *, steps: int = 300, lr: float = 3e-3,
-               batch_size: int = 64, seed: int = 0) -> list[float]:
+def warm_start(
+    model,
+    tokenizer,
+    task,
+    problems,
+    *,
+    steps: int = 300,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> list[float]:
     """Train `steps` AdamW steps of next-token loss on the answers; returns the loss per step."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps={steps}, batch_size={batch_size}: both must be >= 1")
