@@ -141,10 +141,14 @@ def _figures(result, out_dir, runs, k) -> None:
         ax.set_xticks(ks, [str(j) for j in ks])
     save_figure(fig, result, out_dir, "methods_entropy_and_accuracy.png")
 
-    fig, axes = new_figure(len(runs), 1, width=2.2, height=2.4)
-    for ax, (label, rs) in zip(axes[0], runs.items(), strict=True):
+    ncols = (len(runs) + 1) // 2
+    fig, axes = new_figure(ncols, 2, width=2.6, height=2.4)
+    for ax, (label, rs) in zip(axes.ravel(), runs.items(), strict=False):
         hist = np.array([r["pass_rate_hist"] for r in rs]).sum(0)
         ax.bar(np.arange(len(hist)) / k, hist / hist.sum(), width=0.8 / k, color=colors[label])
         ax.set(title=label, xlabel="pass rate", ylim=(0, 1))
-    axes[0, 0].set_ylabel("fraction of problems")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("fraction of problems")
+    for ax in axes.ravel()[len(runs):]:
+        ax.axis("off")
     save_figure(fig, result, out_dir, "methods_pass_rate_hist.png")

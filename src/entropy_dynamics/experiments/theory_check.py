@@ -31,7 +31,7 @@ FLOOR = 1e-11
 def _rows(V: int, quick: bool) -> int:
     if V >= 100_000:
         return 4 if quick else 16
-    return 16 if quick else 64
+    return 12 if quick else 64
 
 
 def _distributions(V: int, scale: float, rows: int, gen: torch.Generator):
@@ -136,8 +136,9 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
                 slopes[kind].append(row[f"{kind}_slope"])
             for key in pooled:
                 pooled[key].append(curves[key])
-            if V <= 1000:
-                expectation.append(_on_policy_expectation(z[:8], STEPS))
+            expectation_vmax = 100 if quick else 1000
+            if expectation_vmax >= V:
+                expectation.append(_on_policy_expectation(z[: 4 if quick else 8], STEPS))
             autograd_err = max(autograd_err, _autograd_identity(z[:4]))
             bonus.append(_entropy_bonus(z))
             configs.append(row)
