@@ -170,3 +170,17 @@ def test_from_hidden_bf16_weights():
     (stats.logprobs.sum() + stats.entropy.sum()).backward()
     assert hidden.grad.dtype == weight.grad.dtype == torch.bfloat16
     assert torch.isfinite(weight.grad.float()).all() and weight.grad.abs().sum() > 0
+
+
+def test_gradient_through_a_sliced_view():
+    """`logits[:, :-1]` (the usual next-token shift) is read in place; its gradient is right."""
+    gen = torch.Generator().manual_seed(10)
+    full = torch.randn(2, 5, 33, generator=gen).requires_grad_()
+    labels = torch.randint(0, 33, (2, 4), generator=gen)
+    stats = token_stats(full[:, :-1], labels, chunk_size=3)
+    (stats.logprobs.sum() + stats.entropy.sum()).backward()
+    ours, full.grad = full.grad, None
+    logp, entropy = naive_logp_entropy(full[:, :-1], labels)
+    (logp.sum() + entropy.sum()).backward()
+    torch.testing.assert_close(ours, full.grad, rtol=1e-5, atol=1e-6)
+    assert (ours[:, -1] == 0).all()
