@@ -201,3 +201,21 @@ def test_statistics_from_hidden_states_equal_those_from_logits(tmp_path):
         for key in ("entropy/mean", "entropy/s_mean", "entropy/n_mean", "loss/total",
                     "clip_v/frac_dropped", "entropy/measured_delta", "entropy/pred_delta"):  # fmt: skip
             assert from_hidden[key] == pytest.approx(from_logits[key], rel=1e-4, abs=1e-7), key
+
+
+def test_resume_of_a_finished_run_changes_nothing_and_resume_without_checkpoint_restarts(
+    tmp_path, capsys
+):
+    cfg = tiny_config(tmp_path, "steps=2", "task.n_eval=0")
+    loop.train(cfg, task=DigitTask())
+    before = (tmp_path / "metrics.jsonl").read_text()
+    loop.train(cfg, resume=True, task=DigitTask())
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "metrics.jsonl").write_text('{"step": 1, "stale": 1.0}\n{"step": 2, "sta')
+    loop.train(tiny_config(fresh, "steps=1", "task.n_eval=0"), resume=True, task=DigitTask())
+    assert "no checkpoint" in capsys.readouterr().err
+    rows = read_jsonl(fresh / "metrics.jsonl")  # the stale lines are gone, one new step
+    assert [r["step"] for r in rows] == [1] and "stale" not in rows[0]

@@ -74,6 +74,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, task=None) -> Path:
     signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))
     progress = Progress(cfg.steps, initial=run.step, enabled=cfg.logging.progress, desc="train")
     every = lambda n: bool(n) and run.step % n == 0  # noqa: E731
+    first_step = run.step
     try:
         if run.step == 0 and cfg.logging.eval_every:
             _evaluate(run, logger)
@@ -93,6 +94,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, task=None) -> Path:
                 _evaluate(run, logger)
             if every(cfg.logging.checkpoint_every):
                 _save(run)
+        if run.step == first_step:  # a finished run resumed, or Ctrl-C before the first step
+            if interrupted["flag"]:
+                warn(f"interrupted before step {run.step + 1}; nothing new to save")
+            return run.run_dir
         if interrupted["flag"]:
             warn(f"interrupted at step {run.step}; checkpoint saved, continue with --resume")
         elif not every(cfg.logging.eval_every):
@@ -117,10 +122,12 @@ def _restore_or_reset(run: Run, *, resume: bool) -> None:
         state = ckpt.load_checkpoint(latest, model=run.model, optimizer=run.optimizer,
                                      scheduler=run.scheduler, generator=run.generator)  # fmt: skip
         run.step, run.nonfinite = state["step"], state.get("nonfinite", 0)
+    elif resume:
+        warn(f"--resume: no checkpoint in {run.run_dir}/checkpoints; starting from step 0")
     for name in ("metrics.jsonl", "eval.jsonl"):
         if latest is not None:
             truncate_jsonl(run.run_dir / name, run.step)
-        elif not resume:
+        else:
             (run.run_dir / name).unlink(missing_ok=True)
 
 
