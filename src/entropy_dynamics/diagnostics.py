@@ -144,6 +144,7 @@ REWARD_STD = "reward/std"  # population std of the rewards
 REWARD_ERRORS = "reward/errors"  # reward calls that raised (scored 0), this step
 REWARD_TIMEOUTS = "reward/timeouts"  # reward calls past their time limit (scored 0), this step
 RESPONSE_LENGTH = "response/length"  # mean valid response tokens per row (EOS included)
+ENTROPY_FIRST_TOKEN = "entropy/first_token"  # mean H at each response's first token
 ROLLOUT_LOGPROB_GAP = "rollout/logprob_gap"  # max |sampler log p - recomputed log p| (rounding)
 LOSS_TOTAL = "loss/total"  # the aggregated loss that was minimised
 LOSS_NONFINITE = "loss/nonfinite"  # 1 on a step skipped for a non-finite loss or gradient

@@ -205,6 +205,7 @@ def train_step(run: Run, problems: list) -> dict | None:
         **reward_metrics,
         **dg.entropy_metrics(batch.entropy, batch.discriminator, mask, baseline=batch.baseline),
         dg.RESPONSE_LENGTH: mask.sum(1).float().mean(),
+        dg.ENTROPY_FIRST_TOKEN: batch.entropy[:, 0].mean(),  # every response has a first token
         dg.ROLLOUT_LOGPROB_GAP: (rollout.sampler_logprobs - old_logprobs)[mask].abs().max(),
         **plan.metrics, **update,
     }  # fmt: skip
