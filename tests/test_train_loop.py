@@ -219,3 +219,21 @@ def test_resume_of_a_finished_run_changes_nothing_and_resume_without_checkpoint_
     assert "no checkpoint" in capsys.readouterr().err
     rows = read_jsonl(fresh / "metrics.jsonl")  # the stale lines are gone, one new step
     assert [r["step"] for r in rows] == [1] and "stale" not in rows[0]
+
+
+def test_ppo_epochs_make_later_passes_off_policy(tmp_path):
+    cfg = tiny_config(tmp_path, "steps=1", "method.ppo_epochs=3", "task.n_eval=0")
+    loop.train(cfg, task=DigitTask())
+    (row,) = read_jsonl(tmp_path / "metrics.jsonl")
+    # loss/ratio_mean is averaged over the 3 passes: 1 exactly in the first (on-policy), not
+    # 1 in the later two, after the weights moved.
+    assert row["loss/ratio_mean"] != pytest.approx(1.0, abs=1e-6)
+    assert row["plan/frac_kept"] == 1.0
+
+
+def test_kl_to_the_frozen_initial_policy(tmp_path):
+    cfg = tiny_config(tmp_path, "steps=2", "method.spec=grpo + kl_ref(coef=0.1)", "task.n_eval=0")
+    loop.train(cfg, task=DigitTask())
+    first, second = read_jsonl(tmp_path / "metrics.jsonl")
+    assert first["kl_ref/kl"] == pytest.approx(0.0, abs=1e-7)  # the policy is the reference
+    assert second["kl_ref/kl"] > 1e-6  # after one update they differ

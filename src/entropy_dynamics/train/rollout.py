@@ -1,9 +1,10 @@
 """Rollouts: sample G responses per prompt with a KV cache, and the teacher-forced policy forward.
 
-Our own sampling loop (not `model.generate`): on the tiny model it is several times faster,
-because `generate` spends most of each token in Python bookkeeping (measured in
-benchmarks/bench_trainer.py). Prompts are left-padded so that every response starts at the same
-column; responses are right-padded after EOS.
+Our own sampling loop (not `model.generate`): on the tiny char model, 64 rows x 16 new tokens
+took 43 ms of CPU against 50 ms for `generate` (best of 5, one thread), and it returns the
+sampled tokens' log-probs without a second pass. Prompts are left-padded so that every response
+starts at the same column; responses are right-padded after EOS. When no prompt is padded the
+attention mask is left out (same result, less overhead per token).
 """
 
 from __future__ import annotations
