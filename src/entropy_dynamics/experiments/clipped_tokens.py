@@ -13,12 +13,10 @@ baseline N; on positive samples the upper clip removes entropy-RAISING updates.
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import methods
 from ._setup import base_config
 from .common import ExperimentResult, new_figure, save_figure
 
@@ -65,27 +63,23 @@ class ClipObserver:
                                      advantages=advantages, plan=plan, **kw)
 
 
-def _collect(cfg, run_dir: Path) -> ClipObserver:
-    """Set up as ``train.loop.train`` does, then call its ``train_step`` with the observer."""
-    from .. import tasks
+def _collect(cfg) -> ClipObserver:
+    """Build the trainer's run, swap its method for the observer, and take ``cfg.steps`` steps
+    with the trainer's own ``train_step``."""
     from ..train.loop import train_step
-    from ..train.rewards import SafeReward
-    from ..train.setup import build_policy, lr_lambda, problem_order
+    from ..train.setup import build_run, problem_order
 
-    torch.manual_seed(cfg.seed)
-    task = tasks.get(cfg.task.name, **cfg.task.options)
-    model, tokenizer = build_policy(cfg, task=task)
-    problems = task.problems("train", cfg.task.n_train, seed=cfg.seed)
-    observer = ClipObserver(methods.build(cfg.method.spec))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                  weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    reward = SafeReward(task, timeout_s=cfg.task.reward_timeout_s)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    for step in range(cfg.steps):
-        batch_problems = [problems[i] for i in problem_order(len(problems), cfg, step)]
-        train_step(cfg, step + 1, model, tokenizer, task, batch_problems, observer, optimizer,
-                   scheduler, reward, generator, None, run_dir)
+    run = build_run(cfg)
+    observer = ClipObserver(run.method)
+    run.method = observer
+    try:
+        while run.step < cfg.steps:
+            order = problem_order(len(run.train_problems), cfg, run.step)
+            train_step(run, [run.train_problems[i] for i in order])
+            run.step += 1
+    finally:
+        if hasattr(run.task, "close"):
+            run.task.close()
     return observer
 
 
@@ -98,7 +92,7 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = base_config(tmp, *size["overrides"], f"steps={size['steps']}",
                           f"method.ppo_epochs={EPOCHS}", "method.spec=grpo")
-        observer = _collect(cfg, Path(tmp))
+        observer = _collect(cfg)
     sides = {}
     for side in ("high", "low"):
         recs = [r for r in observer.records if r["side"] == side]

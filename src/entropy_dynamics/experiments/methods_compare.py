@@ -31,7 +31,7 @@ METHODS = {  # label -> preset spec (each preset's docstring gives its paper and
 SIZES = {
     "quick": {"seeds": [0], "steps": 1, "k": 2,
               "overrides": ["rollout.prompts_per_step=2", "task.n_eval=2"]},
-    "default": {"seeds": [0, 1, 2], "steps": 80, "k": 16, "overrides": []},
+    "default": {"seeds": [0, 1, 2], "steps": 150, "k": 16, "overrides": []},
 }
 WINDOW = 5  # steps averaged for the "final" entropy and reward
 
