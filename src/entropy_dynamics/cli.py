@@ -94,10 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from entropy_dynamics.train.config import describe_fields  # light: yaml and dataclasses
+
     p = sub.add_parser("train", help="train a policy with the compact GRPO loop",
                        description="Train with the compact single-device GRPO loop. Writes "
                        "config.yaml, metrics.jsonl, eval.jsonl, checkpoints/ into the run "
-                       "directory (logging.run_dir).")  # fmt: skip
+                       "directory (logging.run_dir).",
+                       epilog="fields and defaults (each documented in "
+                       "entropy_dynamics/train/config.py):\n" + describe_fields(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--config", metavar="FILE", help="YAML configuration (configs/*.yaml)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the run directory's latest checkpoint")  # fmt: skip

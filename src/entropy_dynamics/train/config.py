@@ -93,8 +93,8 @@ class MethodConfig:
     aggregation: loss reduction mode for `aggregate` ("token-mean", "seq-mean-token-mean", ...).
     ppo_epochs: optimiser passes over each batch; > 1 makes later passes off-policy (ratio != 1).
     micro_batch_size: rows per backward pass (gradient accumulation); 0 = the whole batch.
-    kl_coef: weight of a k3 KL penalty to the frozen initial policy; 0 disables it (and the
-        reference model).
+    A KL penalty to the frozen initial policy is a method part: spec "grpo + kl_ref(coef=0.01)"
+    (the trainer then keeps the reference model).
     """
 
     spec: str = "grpo"
@@ -102,7 +102,6 @@ class MethodConfig:
     aggregation: str = "token-mean"
     ppo_epochs: int = 1
     micro_batch_size: int = 0
-    kl_coef: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -212,8 +211,6 @@ def validate(cfg: TrainConfig) -> None:
         _fail("optim.lr", cfg.optim.lr, "a float > 0")
     if cfg.optim.grad_clip < 0:
         _fail("optim.grad_clip", cfg.optim.grad_clip, "a float >= 0 (0 disables clipping)")
-    if cfg.method.kl_coef < 0:
-        _fail("method.kl_coef", cfg.method.kl_coef, "a float >= 0 (0 disables the KL term)")
     if cfg.task.reward_timeout_s <= 0:
         _fail("task.reward_timeout_s", cfg.task.reward_timeout_s, "a float > 0")
     if cfg.optim.schedule not in SCHEDULES:
@@ -350,3 +347,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the effective configuration as YAML."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def describe_fields() -> str:
+    """Every configurable field with its default, one per line (for `train --help`)."""
+    lines = []
+    for name, value in to_dict(TrainConfig()).items():
+        if isinstance(value, dict):
+            for key, default in value.items():
+                lines.append(f"  {name}.{key} = {default!r}")
+        else:
+            lines.append(f"  {name} = {value!r}")
+    return "\n".join(lines)
