@@ -118,8 +118,8 @@ class Progress:
     def update(self, metrics: dict) -> None:
         if self.bar is None:
             return
-        shown = {k.split("/")[0][:3] + "/" + k.split("/")[-1][:4]: v for k, v in metrics.items()}
-        self.bar.set_postfix({k: f"{float(v):.3g}" for k, v in list(shown.items())[:4]})
+        shown = {k.split("/")[0]: f"{float(v):.3g}" for k, v in metrics.items()}  # "reward": ...
+        self.bar.set_postfix(shown)
         self.bar.update(1)
 
     def close(self) -> None:
