@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow test-all lint bench clean
+.PHONY: setup verl-env demo test test-slow test-verl test-all lint bench clean
 
 $(VENV)/.stamp: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ $(VENV)/.stamp: pyproject.toml constraints.txt
 
 setup: $(VENV)/.stamp
 
+# verl 0.9.1 pins transformers<5.11, so its plugin tests run in a separate environment.
+.venv-verl/.stamp: scripts/setup-verl-env.sh constraints.txt
+	bash scripts/setup-verl-env.sh
+	touch $@
+
+verl-env: .venv-verl/.stamp
+
 demo: setup
 	$(VENV)/bin/entropy-dynamics demo
 
@@ -29,10 +36,14 @@ test: setup
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -m "not slow" -q
 
-test-slow: setup
+# Slow tests: SmolLM2, 2-process TRL, and the verl plugin inside .venv-verl. CI runs them too.
+test-slow: setup verl-env
 	$(PY) -m pytest -m slow -q
 
-test-all: setup
+test-verl: setup verl-env
+	.venv-verl/bin/python -m pytest tests/test_integration_verl.py -q -p no:cacheprovider
+
+test-all: setup verl-env
 	$(PY) -m pytest -q
 
 lint: setup
