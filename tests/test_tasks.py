@@ -167,9 +167,27 @@ def test_arithmetic_reward_true_and_wrong_answers():
     assert task.format_prompt(problem) == "10-98="
 
 
+def test_arithmetic_strict_reward_needs_exactly_the_answer():
+    loose = ArithmeticTask(digits=2, ops="-", terms=2)
+    strict = ArithmeticTask(digits=2, ops="-", terms=2, strict=True)
+    problem = Problem("10-98=", "-88")
+    # completion -> (loose reward, strict reward): the loose one reads only the first integer.
+    cases = {"-88": (1.0, 1.0), " -88\n": (1.0, 1.0), "-88x": (1.0, 0.0), "-88 -88": (1.0, 0.0),
+             "-88.": (1.0, 0.0), "=-88": (1.0, 0.0), "- 88": (0.0, 0.0), "88": (0.0, 0.0),
+             "-8": (0.0, 0.0), "": (0.0, 0.0)}
+    for completion, (want_loose, want_strict) in cases.items():
+        assert loose.reward(problem, completion) == want_loose, completion
+        assert strict.reward(problem, completion) == want_strict, completion
+    for p in strict.problems("train", 20):
+        assert strict.reward(p, strict.reference(p)) == 1.0
+        assert strict.reward(p, strict.reference(p) + "0") == 0.0
+    # through the registry, as configs pass it (task.options.strict)
+    assert tasks.get("arithmetic", digits=1, strict=True).reward(Problem("3+4=", "7"), "7 ") == 1.0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"digits": 0}, "digits"), ({"terms": 1}, "terms"), ({"ops": "/"}, "ops"),
+    [({"digits": 0}, "digits"), ({"strict": 1}, "strict"), ({"terms": 1}, "terms"), ({"ops": "/"}, "ops"),
      ({"ops": ""}, "ops"), ({"test_fraction": 1.0}, "test_fraction")],
 )
 def test_arithmetic_rejects_bad_knobs(kwargs, message):

@@ -49,7 +49,11 @@ class ArithmeticTask(Task):
 
     Prompt: the expression followed by '=', no spaces ("12+7="). Answer: the exact integer value
     (standard precedence, so it can be negative). Reward: 1.0 if `first_integer(completion)`
-    equals the answer, else 0.0 (also 0.0 when the completion has no digit).
+    equals the answer, else 0.0 (also 0.0 when the completion has no digit). With `strict=True`
+    the whole completion, stripped of surrounding whitespace, must be the answer: "19" scores 1,
+    "19x", "19 19" and "=19" score 0. The trainer's completions have EOS removed, so a strict
+    reward of 1 also means the sampler stopped right after the answer (or the budget ran out
+    exactly there), and tokens after the answer are no longer free of reward.
     Split: each prompt string is hashed into train or test (`test_fraction` of the space goes
     to test), so the splits are disjoint whatever the seeds; `seed` fixes the draw order.
     """
@@ -57,7 +61,8 @@ class ArithmeticTask(Task):
     name = "arithmetic"
 
     def __init__(
-        self, *, digits: int = 2, ops: str = "+-", terms: int = 2, test_fraction: float = 0.2
+        self, *, digits: int = 2, ops: str = "+-", terms: int = 2, test_fraction: float = 0.2,
+        strict: bool = False,
     ) -> None:
         if isinstance(digits, bool) or not isinstance(digits, int) or digits < 1:
             raise ValueError(f"digits must be an int >= 1, got {digits!r}")
@@ -67,7 +72,10 @@ class ArithmeticTask(Task):
             raise ValueError(f"ops must be a non-empty string of characters from {VALID_OPS!r}, "
                              f"got {ops!r}")
         self.digits, self.terms, self.ops = digits, terms, "".join(sorted(set(ops)))
+        if not isinstance(strict, bool):
+            raise ValueError(f"strict must be True or False, got {strict!r}")
         self.test_fraction = check_fraction("test_fraction", test_fraction)
+        self.strict = strict
 
     @property
     def space_size(self) -> int:
@@ -95,4 +103,6 @@ class ArithmeticTask(Task):
         )
 
     def reward(self, problem: Problem, completion: str) -> float:
+        if self.strict:
+            return 1.0 if completion.strip() == problem.answer else 0.0
         return 1.0 if first_integer(completion) == int(problem.answer) else 0.0
