@@ -184,3 +184,28 @@ def test_gradient_through_a_sliced_view():
     (logp.sum() + entropy.sum()).backward()
     torch.testing.assert_close(ours, full.grad, rtol=1e-5, atol=1e-6)
     assert (ours[:, -1] == 0).all()
+
+
+def test_worker_threads_match_one_thread():
+    """With several torch threads the CPU pass splits chunks among worker threads: same values,
+    same gradients, and torch's thread count is restored afterwards."""
+    gen = torch.Generator().manual_seed(11)
+    logits = (torch.randn(2, 16, 70_000, generator=gen) * 3).requires_grad_()  # 2.2 M logits
+    labels = torch.randint(0, 70_000, (2, 16), generator=gen)
+    labels[1, 3] = -100
+    before = torch.get_num_threads()
+    results = []
+    for threads in (1, 3):
+        torch.set_num_threads(threads)
+        try:
+            stats = token_stats(logits, labels, chunk_size=1, temperature=0.9)
+            (stats.logprobs.sum() + stats.entropy.sum()).backward()
+            assert torch.get_num_threads() == threads
+        finally:
+            torch.set_num_threads(before)
+        results.append((stats, logits.grad))
+        logits.grad = None
+    (one, grad_one), (many, grad_many) = results
+    for a, b in zip(one, many, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(grad_one, grad_many)

@@ -19,6 +19,7 @@ from ._token_stats_kernels import (
     chunk_stats,
     plan_chunks,
     row_blocks,
+    run_chunks,
 )
 
 
@@ -76,12 +77,15 @@ class LogitsStats(torch.autograd.Function):
         n = labels.shape[0]
         sums = RowSums(n, cdtype, logits.device)
         label_logits = sums.m.new_zeros(n)
-        work = Workspace(min(chunk_rows, max(n, 1)), vocab, cdtype, logits.device)
-        for chunk in chunks:
+
+        def body(chunk: Chunk, work: Workspace) -> None:
             z = blocks[chunk.block][1].narrow(0, chunk.local, chunk.rows)
             chunk_stats(z, chunk.packed, sums, work, inv_tau)
             rows = slice(chunk.packed, chunk.packed + chunk.rows)
             label_logits[rows] = z.gather(1, labels[rows, None]).squeeze(1)
+
+        run_chunks(chunks, body, rows=min(chunk_rows, max(n, 1)), vocab_size=vocab, dtype=cdtype,
+                   device=logits.device)
         log_s, mean_x, *stats = _finish(sums, label_logits, inv_tau)
         _check_finite(valid, *stats)
         shape = logits.shape[:-1]
@@ -102,11 +106,14 @@ class LogitsStats(torch.autograd.Function):
         grad = new(logits.shape, dtype=logits.dtype, device=logits.device)
         blocks = row_blocks(logits)
         grad_rows = grad.view(-1, vocab)
-        work = Workspace(min(ctx.chunk_rows, max(n, 1)), vocab, m.dtype, logits.device)
-        for chunk in ctx.chunks:
+
+        def body(chunk: Chunk, work: Workspace) -> None:
             z = blocks[chunk.block][1].narrow(0, chunk.local, chunk.rows)
             out = grad_rows.narrow(0, chunk.flat, chunk.rows)
             chunk_grad(z, chunk.packed, labels, m, log_s, *coefs, out, work, ctx.inv_tau)
+
+        run_chunks(ctx.chunks, body, rows=min(ctx.chunk_rows, max(n, 1)), vocab_size=vocab,
+                   dtype=m.dtype, device=logits.device)
         return grad, None, None, None, None, None, None
 
 
@@ -127,16 +134,22 @@ def _inner_chunks(start: int, rows: int, chunk_rows: int) -> list[Chunk]:
 
 # The two block helpers keep their chunk views local, so that a block's logits are freed as
 # soon as the caller drops them (a view left in a loop variable would keep two blocks alive).
-def _block_stats(logits, start, sums, work, inv_tau, chunk_rows) -> None:
-    for chunk in _inner_chunks(start, logits.shape[0], chunk_rows):
+def _block_stats(logits, start, sums, inv_tau, chunk_rows, dtype) -> None:
+    def body(chunk: Chunk, work: Workspace) -> None:
         chunk_stats(logits.narrow(0, chunk.local, chunk.rows), chunk.packed, sums, work, inv_tau)
 
+    run_chunks(_inner_chunks(start, logits.shape[0], chunk_rows), body, rows=chunk_rows,
+               vocab_size=logits.shape[1], dtype=dtype, device=logits.device)
 
-def _block_grad(logits, grad_logits, start, per_row, work, inv_tau, chunk_rows) -> None:
-    for chunk in _inner_chunks(start, logits.shape[0], chunk_rows):
+
+def _block_grad(logits, grad_logits, start, per_row, inv_tau, chunk_rows, dtype) -> None:
+    def body(chunk: Chunk, work: Workspace) -> None:
         z = logits.narrow(0, chunk.local, chunk.rows)
         out = grad_logits.narrow(0, chunk.local, chunk.rows)
         chunk_grad(z, chunk.packed, *per_row, out, work, inv_tau)
+
+    run_chunks(_inner_chunks(start, logits.shape[0], chunk_rows), body, rows=chunk_rows,
+               vocab_size=logits.shape[1], dtype=dtype, device=logits.device)
 
 
 class HiddenStats(torch.autograd.Function):
@@ -145,15 +158,14 @@ class HiddenStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, valid, inv_tau, block_rows, chunk_rows, cdtype):
         # hidden [n, D] packed valid rows; weight [V, D]; bias [V] or None; labels [n].
-        n, vocab = hidden.shape[0], weight.shape[0]
+        n = hidden.shape[0]
         sums = RowSums(n, cdtype, hidden.device)
         label_logits = sums.m.new_zeros(n)
-        work = Workspace(min(chunk_rows, max(n, 1)), vocab, cdtype, hidden.device)
         for start in range(0, n, block_rows):
             rows = slice(start, min(start + block_rows, n))
             logits = _block_logits(hidden[rows], weight, bias)  # [c, V]
             label_logits[rows] = logits.gather(1, labels[rows, None]).squeeze(1)
-            _block_stats(logits, start, sums, work, inv_tau, chunk_rows)
+            _block_stats(logits, start, sums, inv_tau, chunk_rows, cdtype)
             del logits
         log_s, mean_x, *stats = _finish(sums, label_logits, inv_tau)
         _check_finite(valid, *stats)
@@ -177,12 +189,11 @@ class HiddenStats(torch.autograd.Function):
             grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device)
         if want_bias:
             grad_bias = torch.zeros(vocab, dtype=acc_dtype, device=weight.device)
-        work = Workspace(min(ctx.chunk_rows, max(n, 1)), vocab, m.dtype, hidden.device)
         for start in range(0, n, ctx.block_rows):
             rows = slice(start, min(start + ctx.block_rows, n))
             logits = _block_logits(hidden[rows], weight, bias)  # [c, V], becomes dL/dlogits
             grad_logits = logits if logits.dtype == acc_dtype else logits.to(acc_dtype)
-            _block_grad(logits, grad_logits, start, per_row, work, ctx.inv_tau, ctx.chunk_rows)
+            _block_grad(logits, grad_logits, start, per_row, ctx.inv_tau, ctx.chunk_rows, m.dtype)
             if want_hidden:
                 grad_hidden[rows] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
             if want_weight:

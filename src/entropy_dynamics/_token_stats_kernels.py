@@ -25,6 +25,9 @@ and `log p_k` themselves carry that `log s` rounding (about 6e-8 absolute).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -36,6 +39,8 @@ CPU_CHUNK_ELEMENTS = 1 << 19
 # From hidden states the chunk's logits come from a matmul that needs many rows to run at full
 # speed (each block re-reads the [V, D] weight): about 64 M logits, 441 rows at V = 151936.
 HIDDEN_BLOCK_ELEMENTS = 1 << 26
+# Below this many logits a pass runs in the calling thread (starting workers costs ~0.1 ms).
+PARALLEL_MIN_ELEMENTS = 1 << 21
 # On an accelerator each op is a kernel launch: use large chunks (about 64 MB fp32 buffers).
 ACCEL_CHUNK_ELEMENTS = 1 << 24
 
@@ -201,3 +206,49 @@ def plan_chunks(
                 chunks.append(Chunk(index, row - first, row, packed, rows))
                 packed += rows
     return chunks
+
+
+def run_chunks(
+    chunks: list[Chunk],
+    body: Callable[[Chunk, Workspace], None],
+    *,
+    rows: int,
+    vocab_size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> None:
+    """Call `body(chunk, workspace)` for every chunk (each writes only its own rows' results).
+
+    On CPU with `torch.get_num_threads() = n > 1`, `n` worker threads take chunks from a shared
+    queue and run their ops single-threaded, each with its own workspace. Small-chunk ops
+    parallelised inside (OpenMP) would synchronise all threads about ten times per chunk, which
+    on a busy machine (a descheduled thread stalls the others) made the pass 4x slower than one
+    thread; whole chunks per thread need no synchronisation. torch's thread count is set to 1
+    for the duration and restored afterwards.
+    """
+    workers = min(torch.get_num_threads(), len(chunks)) if device.type == "cpu" else 1
+    if workers <= 1 or len(chunks) * rows * vocab_size < PARALLEL_MIN_ELEMENTS:
+        work = Workspace(rows, vocab_size, dtype, device)
+        for chunk in chunks:
+            body(chunk, work)
+        return
+    queue, lock = iter(chunks), threading.Lock()
+
+    def drain() -> None:
+        work = Workspace(rows, vocab_size, dtype, device)
+        with torch.no_grad():  # grad mode is per thread; the kernels never build a graph
+            while True:
+                with lock:
+                    chunk = next(queue, None)
+                if chunk is None:
+                    return
+                body(chunk, work)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for future in [pool.submit(drain) for _ in range(workers)]:
+                future.result()
+    finally:
+        torch.set_num_threads(threads)
