@@ -189,7 +189,9 @@ def _doc_specs():
 def _config_specs(node, path):
     if isinstance(node, dict):
         for key, value in node.items():
-            if key in ("method", "methods") and value is not None:
+            if key == "method" and isinstance(value, dict) and "spec" in value:
+                yield path.name, value["spec"]  # the trainer's MethodConfig section
+            elif key in ("method", "methods") and value is not None:
                 for item in value if isinstance(value, list) and key == "methods" else [value]:
                     yield path.name, item
             else:
