@@ -45,7 +45,7 @@ LRS = {  # per optimiser, largest first; the smallest is where first-order claim
 QUICK_LRS = {"sgd": [1e-1, 1e-3], "adam": [1e-3, 1e-5]}
 
 
-def _load(name: str, quick: bool, tmp_dir):
+def _load(name: str, tmp_dir):
     """(model in fp64, tokenizer, prompts) for "tiny" (SFT warm start, cached) or "smollm2"."""
     from ..tasks import get as get_task
     from ..train.setup import build_policy
@@ -97,8 +97,9 @@ def _compare(z0, z1, labels, alpha) -> dict[str, torch.Tensor]:
     }
 
 
-def _batch_step(model, state, rollout, z0, gen, *, optimizer, lr) -> dict:
-    """One step on the whole batch; per-position agreement of (a) and (b) with the measurement."""
+def _batch_step(model, state, rollout, z0, gen, *, optimizer, lr) -> tuple[dict, dict]:
+    """One step on the whole batch: (agreement of (a) and (b) with the measurement over the valid
+    positions, the per-position arrays for the scatter plot)."""
     mask = rollout.response_mask
     B = mask.shape[0]
     advantages = torch.randn(B, 1, generator=gen, dtype=z0.dtype).expand_as(mask)
@@ -139,8 +140,9 @@ def _token_steps(model, state, rollout, z0, gen, trials, *, optimizer, lr) -> di
     }
 
 
-def _run_model(name: str, size: dict, quick: bool, tmp_dir) -> dict:
-    model, tokenizer, prompts = _load(name, quick, tmp_dir)
+def _run_model(name: str, size: dict, quick: bool, tmp_dir) -> tuple[dict, dict]:
+    """Sample on-policy responses, then every (optimiser, lr) step; returns (metrics, scatter)."""
+    model, tokenizer, prompts = _load(name, tmp_dir)
     from ..train.rollout import sample
 
     gen = torch.Generator().manual_seed(0)
