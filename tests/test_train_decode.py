@@ -1,4 +1,4 @@
-"""The lean Llama decoding step: its logits equal HF's own KV-cache forward, and it falls back."""
+"""The lean Llama prefill and decoding step: logits equal HF's own KV-cache forward; fallbacks."""
 
 from __future__ import annotations
 
@@ -36,9 +36,14 @@ def _hf_and_lean_logits(model, tokenizer, prompts, steps):
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask if padded else None,
                     position_ids=position, use_cache=True)  # fmt: skip
-        decoder = llama_decoder(model, out.past_key_values, position[:, -1:] + 1, steps=steps)
+        decoder = llama_decoder(model, position, steps=steps)
         assert decoder is not None
-        cache, hf, lean = out.past_key_values, [], []
+        cache, hf, lean = out.past_key_values, [out.logits[:, -1].float()], []
+        if padded:  # HF's prefill, its cache copied in
+            assert decoder.load(cache)
+            lean.append(hf[0])
+        else:  # the lean causal prefill
+            lean.append(decoder.prefill(ids))
         token = out.logits[:, -1].argmax(-1)
         next_position = position[:, -1:] + 1
         for _ in range(steps):
@@ -49,7 +54,7 @@ def _hf_and_lean_logits(model, tokenizer, prompts, steps):
             hf.append(out.logits[:, -1].float())
             lean.append(decoder.step(token, mask if padded else None))
             token = hf[-1].argmax(-1)
-    return torch.stack(hf, 1), torch.stack(lean, 1)  # (B, steps, V)
+    return torch.stack(hf, 1), torch.stack(lean, 1)  # (B, 1 + steps, V)
 
 
 @pytest.mark.parametrize("prompts", [PROMPTS, ["1+2=", "7-5="]])  # left padding / none
@@ -65,10 +70,11 @@ def test_lean_logits_equal_hf_decoding_logits(tokenizer, prompts, gqa):
     torch.testing.assert_close(lean, hf, rtol=1e-6, atol=1e-6)
 
 
-def test_seeded_sample_is_the_same_with_and_without_the_lean_step(tokenizer):
+@pytest.mark.parametrize("prompts", [PROMPTS, ["1+2=", "7-5="]])
+def test_seeded_sample_is_the_same_with_and_without_the_lean_step(tokenizer, prompts):
     model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=3).eval()
     runs = [
-        sample(model, tokenizer, PROMPTS, group_size=4, temperature=0.9, top_p=0.95,
+        sample(model, tokenizer, prompts, group_size=4, temperature=0.9, top_p=0.95,
                max_new_tokens=8, generator=torch.Generator().manual_seed(4), fast=fast)
         for fast in (False, True)
     ]  # fmt: skip
@@ -81,13 +87,10 @@ def test_seeded_sample_is_the_same_with_and_without_the_lean_step(tokenizer):
 def test_models_it_does_not_cover_fall_back_to_hf(tokenizer):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    ids, mask = encode_prompts(tokenizer, PROMPTS)
-    first = mask.sum(-1, keepdim=True)
+    _, mask = encode_prompts(tokenizer, PROMPTS)
 
     def decoder_for(model):
-        with torch.no_grad():
-            cache = model(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
-        return llama_decoder(model, cache, first, steps=3)
+        return llama_decoder(model, (mask.cumsum(-1) - 1).clamp(min=0), steps=3)
 
     llama = build_tiny_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, seed=1).eval()
     assert decoder_for(llama) is not None

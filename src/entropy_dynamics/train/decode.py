@@ -3,9 +3,9 @@
 On a tiny model each `model(...)` call of a decoding step is mostly Python: module dispatch,
 mask construction, output wrappers, cache bookkeeping (about 1.7 ms per step on the 0.14M char
 Llama, where the arithmetic is a few dozen microseconds). `LlamaDecoder` runs the same
-arithmetic as `LlamaForCausalLM.forward` for one new token per row, op for op and in the same
-order, on the model's own parameters, with a preallocated KV cache. It takes over from HF's
-prefill (the prompt goes through the model once, as before). `tests/test_train_decode.py`
+arithmetic as `LlamaForCausalLM.forward`, op for op and in the same order, on the model's own
+parameters, with a preallocated KV cache: the prompt in one causal pass when no row is padded
+(otherwise HF's own prefill, whose cache it copies), then one token per row per step. `tests/test_train_decode.py`
 checks that its logits equal HF's decoding logits; models it does not cover (other
 architectures, non-default RoPE, eager attention, training mode, wrapped layers) get `None`
 from `llama_decoder` and the sampler keeps calling the model.
@@ -18,25 +18,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def llama_decoder(model, prompt_cache, first_position: Tensor, *, steps: int):
-    """A `LlamaDecoder` for `model` after its prefill, or None when the model is not covered.
+def llama_decoder(model, prompt_positions: Tensor, *, steps: int):
+    """An empty `LlamaDecoder` for `model`, or None when the model is not covered.
 
-    prompt_cache: the `past_key_values` HF returned for the prompt ([B, H_kv, P, hd] per layer).
-    first_position: [B, 1] position id of the first token to feed; steps: how many will be fed.
+    prompt_positions: [B, P] position ids of the prompt columns (0 under left padding);
+    steps: how many tokens will be fed after the prompt. Fill it with `prefill` (unpadded
+    prompts) or `load` (the cache of HF's own prefill).
     """
     if not _supported(model):
         return None
-    layers = getattr(prompt_cache, "layers", None)
-    if layers is None or len(layers) != len(model.model.layers):
-        return None
-    keys = [getattr(layer, "keys", None) for layer in layers]
-    values = [getattr(layer, "values", None) for layer in layers]
-    if any(k is None or k.dim() != 4 for k in keys + values):
-        return None
-    positions = first_position + torch.arange(steps, device=first_position.device)  # (B, steps)
-    with torch.no_grad():  # the model's own rotary module: same tables as its forward builds
-        cos, sin = model.model.rotary_emb(keys[0], positions)  # (B, steps, hd)
-    return LlamaDecoder(model, keys, values, cos, sin)
+    with torch.no_grad():
+        arange = torch.arange(1, steps + 1, device=prompt_positions.device)
+        positions = torch.cat([prompt_positions, prompt_positions[:, -1:] + arange], 1)
+        embed = model.model.embed_tokens.weight
+        cos, sin = model.model.rotary_emb(embed, positions)  # (B, P + steps, hd): HF's own tables
+    return LlamaDecoder(model, prompt_positions.shape[1], cos, sin)
 
 
 def _supported(model) -> bool:
@@ -91,52 +87,73 @@ def _rotate_half(x: Tensor) -> Tensor:
 class LlamaDecoder:
     """One-token decoding steps of a `LlamaForCausalLM` with a preallocated KV cache.
 
-    Holds K/V buffers [B, H_kv, P + T, hd] per layer, filled with the prompt's cache; `step`
-    appends one token per row and returns the next-token logits [B, V] (fp32).
+    Holds K/V buffers [B, H_kv, P + steps, hd] per layer, filled by `prefill` or `load`; `step`
+    appends one token per row. Both return the next-token logits [B, V] (fp32).
     """
 
-    def __init__(self, model, keys, values, cos: Tensor, sin: Tensor):
-        """keys, values: the prompt's cache per layer; cos, sin: [B, steps, hd] rotary tables."""
+    def __init__(self, model, prompt_len: int, cos: Tensor, sin: Tensor):
+        """cos, sin: [B, P + steps, hd] rotary tables, one column per cache column."""
         self.model = model
-        B, _, P, _ = keys[0].shape
-        size = P + cos.shape[1]
-        self.keys, self.values = [], []
-        for k, v in zip(keys, values, strict=True):
-            kb = k.new_empty((B, k.shape[1], size, k.shape[3]))
-            vb = v.new_empty((B, v.shape[1], size, v.shape[3]))
-            kb[:, :, :P], vb[:, :, :P] = k, v
-            self.keys.append(kb)
-            self.values.append(vb)
+        config, weight = model.config, model.model.embed_tokens.weight
+        B, size = cos.shape[:2]
+        head_dim = model.model.layers[0].self_attn.head_dim
+        shape = (B, config.num_key_value_heads, size, head_dim)
+        self.keys = [weight.new_empty(shape) for _ in model.model.layers]
+        self.values = [weight.new_empty(shape) for _ in model.model.layers]
+        self.prompt_len, self.length = prompt_len, 0
+        self.cos, self.sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, P + steps, hd)
+
+    def load(self, prompt_cache) -> bool:
+        """Copy HF's prompt cache ([B, H_kv, P, hd] per layer) in; False if its layout is unknown."""
+        layers = getattr(prompt_cache, "layers", None)
+        if layers is None or len(layers) != len(self.keys):
+            return False
+        P = self.prompt_len
+        for i, layer in enumerate(layers):
+            k, v = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if k is None or v is None or k.shape != self.keys[i][:, :, :P].shape:
+                return False
+            self.keys[i][:, :, :P], self.values[i][:, :, :P] = k, v
         self.length = P
-        self.cos, self.sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, hd)
-        self.t = 0
+        return True
+
+    @torch.inference_mode()
+    def prefill(self, prompt_ids: Tensor) -> Tensor:
+        """Run an unpadded prompt batch [B, P] (causal attention); next-token logits [B, V]."""
+        if self.length or prompt_ids.shape[1] != self.prompt_len:
+            raise ValueError(f"prompt_ids: expected [B, {self.prompt_len}] into an empty cache")
+        return self._forward(prompt_ids, None)
 
     @torch.inference_mode()  # less per-op bookkeeping than no_grad; the logits go out as data
     def step(self, token: Tensor, attention: Tensor | None) -> Tensor:
         """Logits [B, V] after feeding `token` [B]; `attention` [B, P + t + 1] or None (no padding)."""
+        mask = None if attention is None else attention[:, None, None, :].bool()  # (B, 1, 1, L)
+        return self._forward(token[:, None], mask)
+
+    def _forward(self, ids: Tensor, mask: Tensor | None) -> Tensor:
+        """LlamaForCausalLM.forward on `ids` [B, S] after the cached columns; logits [B, V]."""
         model = self.model
         config = model.config
-        t, L = self.t, self.length + 1
-        cos, sin = self.cos[:, :, t : t + 1], self.sin[:, :, t : t + 1]  # (B, 1, 1, hd)
-        mask = None if attention is None else attention[:, None, None, :].bool()  # (B, 1, 1, L)
-        hidden = model.model.embed_tokens(token[:, None])  # (B, 1, D)
-        B = hidden.shape[0]
+        B, S = ids.shape
+        start, L = self.length, self.length + S
+        cos, sin = self.cos[:, :, start:L], self.sin[:, :, start:L]  # (B, 1, S, hd)
+        hidden = model.model.embed_tokens(ids)  # (B, S, D)
         n_rep = config.num_attention_heads // config.num_key_value_heads
         for i, layer in enumerate(model.model.layers):
             attn, mlp = layer.self_attn, layer.mlp
             residual = hidden
             x = _rms_norm(hidden, layer.input_layernorm)
-            q = F.linear(x, attn.q_proj.weight, attn.q_proj.bias).view(B, 1, -1, attn.head_dim)
-            k = F.linear(x, attn.k_proj.weight, attn.k_proj.bias).view(B, 1, -1, attn.head_dim)
-            v = F.linear(x, attn.v_proj.weight, attn.v_proj.bias).view(B, 1, -1, attn.head_dim)
+            q = F.linear(x, attn.q_proj.weight, attn.q_proj.bias).view(B, S, -1, attn.head_dim)
+            k = F.linear(x, attn.k_proj.weight, attn.k_proj.bias).view(B, S, -1, attn.head_dim)
+            v = F.linear(x, attn.v_proj.weight, attn.v_proj.bias).view(B, S, -1, attn.head_dim)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             q = (q * cos) + (_rotate_half(q) * sin)
             k = (k * cos) + (_rotate_half(k) * sin)
-            self.keys[i][:, :, L - 1 : L] = k
-            self.values[i][:, :, L - 1 : L] = v
+            self.keys[i][:, :, start:L] = k
+            self.values[i][:, :, start:L] = v
             out = self._attention(q, self.keys[i][:, :, :L], self.values[i][:, :, :L], mask,
                                   attn.scaling, n_rep)  # fmt: skip
-            out = out.reshape(B, 1, -1).contiguous()
+            out = out.reshape(B, S, -1).contiguous()
             hidden = residual + F.linear(out, attn.o_proj.weight, attn.o_proj.bias)
             residual = hidden
             x = _rms_norm(hidden, layer.post_attention_layernorm)
@@ -144,20 +161,22 @@ class LlamaDecoder:
             up = F.linear(x, mlp.up_proj.weight, mlp.up_proj.bias)
             hidden = residual + F.linear(gate * up, mlp.down_proj.weight, mlp.down_proj.bias)
         hidden = _rms_norm(hidden, model.model.norm)
-        logits = F.linear(hidden, model.lm_head.weight, model.lm_head.bias)  # (B, 1, V)
-        self.length, self.t = L, t + 1
+        logits = F.linear(hidden, model.lm_head.weight, model.lm_head.bias)  # (B, S, V)
+        self.length = L
         return logits[:, -1].float()
 
     @staticmethod
     def _attention(q, k, v, mask, scaling, n_rep):
-        """HF's sdpa_attention_forward for one query token, including its GQA handling."""
+        """HF's sdpa_attention_forward: causal for a prompt, GQA handled as HF does. [B, S, H, hd]."""
+        S = q.shape[2]
         extra = {}
         if n_rep > 1:
             if mask is None:
                 extra["enable_gqa"] = True
-            else:  # HF packs the query heads onto their key/value head
+            else:  # one query token under a mask: HF packs query heads onto their key/value head
                 q = q.reshape(q.shape[0], q.shape[1] // n_rep, n_rep, q.shape[-1])
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0,
-                                             scale=scaling, is_causal=False, **extra)  # fmt: skip
-        out = out.reshape(out.shape[0], -1, 1, v.shape[-1])
-        return out.transpose(1, 2)
+                                             scale=scaling, is_causal=S > 1 and mask is None,
+                                             **extra)  # fmt: skip
+        out = out.reshape(out.shape[0], -1, S, v.shape[-1])
+        return out.transpose(1, 2).contiguous()

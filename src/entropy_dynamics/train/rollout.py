@@ -103,15 +103,18 @@ def sample(
 
     position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     padded = not bool(prompt_mask.all())  # no padding: no mask to build (faster, same result)
-    out = model(
-        input_ids=prompt_ids, attention_mask=prompt_mask if padded else None,
-        position_ids=position_ids, use_cache=True,
-    )  # fmt: skip
-    cache, next_logits = out.past_key_values, out.logits[:, -1].float()  # (B, V)
+    decoder = llama_decoder(model, position_ids, steps=max_new_tokens - 1) if fast else None
+    if decoder is not None and not padded:
+        next_logits = decoder.prefill(prompt_ids)  # (B, V)
+    else:
+        out = model(
+            input_ids=prompt_ids, attention_mask=prompt_mask if padded else None,
+            position_ids=position_ids, use_cache=True,
+        )  # fmt: skip
+        cache, next_logits = out.past_key_values, out.logits[:, -1].float()  # (B, V)
+        if decoder is not None and not decoder.load(cache):
+            decoder = None  # a cache layout we do not know: HF's decoding steps
     next_position = position_ids[:, -1:] + 1
-    decoder = None
-    if fast and max_new_tokens > 1:  # HF's own decoding steps for models it does not cover
-        decoder = llama_decoder(model, cache, next_position, steps=max_new_tokens - 1)
     attention = prompt_mask
     tokens, logprobs, alive_cols = [], [], []
     alive = torch.ones(B, dtype=torch.bool, device=device)
