@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from entropy_dynamics.token_stats import TokenStats, token_stats
+from entropy_dynamics.token_stats import TokenStats, discriminator_from_logprobs, token_stats
 
 QWEN_VOCAB = 151936
 
@@ -227,3 +227,15 @@ def test_agrees_with_theory_module():
     torch.testing.assert_close(stats.baseline, theory.vocab_baseline(z), rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(stats.discriminator, s_all.gather(-1, labels[..., None])[..., 0],
                                rtol=1e-4, atol=1e-7)
+
+
+def test_discriminator_from_logprobs_matches_token_stats():
+    # Engines that only hand over log p_k and H (verl) get the same S_* as the full pass.
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(2, 5, 40, generator=g, dtype=torch.float64) * 3
+    labels = torch.randint(0, 40, (2, 5), generator=g)
+    stats = token_stats(logits, labels)
+    from_logprobs = discriminator_from_logprobs(stats.logprobs, stats.entropy)
+    torch.testing.assert_close(from_logprobs, stats.discriminator, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="logprobs shape"):
+        discriminator_from_logprobs(stats.logprobs, stats.entropy[:, :3])

@@ -40,7 +40,7 @@ from ._token_stats_kernels import (
     valid_runs,
 )
 
-__all__ = ["TokenStats", "token_stats", "token_stats_from_hidden"]
+__all__ = ["TokenStats", "discriminator_from_logprobs", "token_stats", "token_stats_from_hidden"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -235,3 +235,18 @@ def _chunk_rows(chunk_size: int | None, device: torch.device, vocab: int) -> int
         raise ValueError(f"chunk_size must be a positive int (rows per chunk) or None, "
                          f"got {chunk_size!r}")
     return chunk_size
+
+
+def discriminator_from_logprobs(logprobs: Tensor, entropy: Tensor) -> Tensor:
+    """`S_* = p_k (H + log p_k)` (PAPER.md sec. 2) from statistics an engine already has.
+
+    For engines (verl) that hand over `log p_k` and `H` but not the logits.
+    Args: logprobs `[B, T]`, entropy `[B, T]`. Returns `[B, T]` in their dtype.
+    Differs from `token_stats`: no near-one-hot care (`p_k` comes from `exp(log p_k)`), so on
+    rows with `p_k -> 1` the result carries fp32 rounding of `H + log p_k` (about 1e-7).
+    """
+    if logprobs.shape != entropy.shape:
+        raise ValueError(
+            f"logprobs shape {tuple(logprobs.shape)} must equal entropy shape {tuple(entropy.shape)}"
+        )
+    return logprobs.exp() * (entropy + logprobs)

@@ -29,6 +29,7 @@ from verl.utils import torch_functional as verl_F
 
 from entropy_dynamics import methods
 from entropy_dynamics.methods import TokenBatch
+from entropy_dynamics.token_stats import discriminator_from_logprobs
 
 __all__ = ["LOSS_NAMES", "apply_entropy_masks", "discriminator_from_logprobs"]
 
@@ -36,11 +37,6 @@ VALID_MASK_KEY = "entropy_valid_mask"   # the response mask before the method's 
 KEEP_KEY = "entropy_keep"               # bool [B, T]: the tokens the method keeps
 ENTROPY_KEYS = ("entropy", "entropys")  # verl v1 / legacy trainer names for H
 BASELINE_KEY = "entropy_baseline"       # N, when the caller computed it (Clip_V needs it)
-
-
-def discriminator_from_logprobs(logprobs: Tensor, entropy: Tensor) -> Tensor:
-    """S_* = p_k (H + log p_k) (PAPER.md sec. 2) from log p_k and H, both ``[B, T]``."""
-    return logprobs.exp() * (entropy + logprobs)
 
 
 # --------------------------------------------------------------------------- policy losses
