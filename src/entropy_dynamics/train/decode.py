@@ -117,6 +117,16 @@ class LlamaDecoder:
         self.length = P
         return True
 
+    def repeat_rows(self, repeats: int) -> None:
+        """Repeat every row `repeats` times in place (rows r*repeats .. r*repeats+repeats-1 = row r).
+
+        Lets G samples of one prompt share a single prefill of it.
+        """
+        for cache in (self.keys, self.values):
+            cache[:] = [c.repeat_interleave(repeats, 0) for c in cache]
+        self.cos = self.cos.repeat_interleave(repeats, 0)
+        self.sin = self.sin.repeat_interleave(repeats, 0)
+
     @torch.inference_mode()
     def prefill(self, prompt_ids: Tensor) -> Tensor:
         """Run an unpadded prompt batch [B, P] (causal attention); next-token logits [B, V]."""

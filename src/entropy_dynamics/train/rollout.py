@@ -96,25 +96,29 @@ def sample(
     if group_size < 1 or max_new_tokens < 1:
         raise ValueError(f"group_size={group_size}, max_new_tokens={max_new_tokens}: need >= 1")
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device=device)
-    prompt_ids = prompt_ids.repeat_interleave(group_size, 0)  # (B, P)
-    prompt_mask = prompt_mask.repeat_interleave(group_size, 0)
+    ids, mask = encode_prompts(tokenizer, prompts, device=device)  # (N, P), one row per prompt
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    padded = not bool(mask.all())  # no padding: no mask to build (faster, same result)
+    decoder = llama_decoder(model, position_ids, steps=max_new_tokens - 1) if fast else None
+    prompt_ids, prompt_mask, position_ids = (
+        x.repeat_interleave(group_size, 0) for x in (ids, mask, position_ids)
+    )  # (B, P)
     B = prompt_ids.shape[0]
     eos, pad = tokenizer.eos_token_id, _pad_id(tokenizer)
 
-    position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    padded = not bool(prompt_mask.all())  # no padding: no mask to build (faster, same result)
-    decoder = llama_decoder(model, position_ids, steps=max_new_tokens - 1) if fast else None
-    if decoder is not None and not padded:
-        next_logits = decoder.prefill(prompt_ids)  # (B, V)
+    if decoder is not None and not padded:  # each prompt once, then shared by its G samples
+        next_logits = decoder.prefill(ids).repeat_interleave(group_size, 0)  # (B, V)
+        decoder.repeat_rows(group_size)
     else:
         out = model(
             input_ids=prompt_ids, attention_mask=prompt_mask if padded else None,
             position_ids=position_ids, use_cache=True,
         )  # fmt: skip
         cache, next_logits = out.past_key_values, out.logits[:, -1].float()  # (B, V)
-        if decoder is not None and not decoder.load(cache):
-            decoder = None  # a cache layout we do not know: HF's decoding steps
+        if decoder is not None:
+            decoder.repeat_rows(group_size)
+            if not decoder.load(cache):
+                decoder = None  # a cache layout we do not know: HF's decoding steps
     next_position = position_ids[:, -1:] + 1
     attention = prompt_mask
     tokens, logprobs, alive_cols = [], [], []
