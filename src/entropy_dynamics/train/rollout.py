@@ -73,6 +73,24 @@ def _top_p_filter(logits: Tensor, top_p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def _lean_prefill(model, decoder, ids: Tensor, mask: Tensor, position_ids: Tensor, group_size: int):
+    """Fill `decoder` with each prompt once, then share it by the G samples: logits [B, V] or None.
+
+    ids, mask, position_ids: [N, P], one row per prompt. Unpadded prompts go through the lean
+    causal prefill; padded ones through HF's (which builds the padding mask), its cache copied in.
+    None when that cache has a layout the decoder does not know.
+    """
+    if bool(mask.all()):
+        next_logits = decoder.prefill(ids)  # (N, V)
+    else:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+        if not decoder.load(out.past_key_values):
+            return None
+        next_logits = out.logits[:, -1].float()
+    decoder.repeat_rows(group_size)
+    return next_logits.repeat_interleave(group_size, 0)  # (B, V)
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -99,27 +117,22 @@ def sample(
     ids, mask = encode_prompts(tokenizer, prompts, device=device)  # (N, P), one row per prompt
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     padded = not bool(mask.all())  # no padding: no mask to build (faster, same result)
-    decoder = llama_decoder(model, position_ids, steps=max_new_tokens - 1) if fast else None
-    prompt_ids, prompt_mask, position_ids = (
+    prompt_ids, prompt_mask, prompt_positions = (
         x.repeat_interleave(group_size, 0) for x in (ids, mask, position_ids)
     )  # (B, P)
     B = prompt_ids.shape[0]
     eos, pad = tokenizer.eos_token_id, _pad_id(tokenizer)
-
-    if decoder is not None and not padded:  # each prompt once, then shared by its G samples
-        next_logits = decoder.prefill(ids).repeat_interleave(group_size, 0)  # (B, V)
-        decoder.repeat_rows(group_size)
-    else:
+    decoder = llama_decoder(model, position_ids, steps=max_new_tokens - 1) if fast else None
+    if decoder is not None:
+        next_logits = _lean_prefill(model, decoder, ids, mask, position_ids, group_size)
+        decoder = decoder if next_logits is not None else None
+    if decoder is None:
         out = model(
             input_ids=prompt_ids, attention_mask=prompt_mask if padded else None,
-            position_ids=position_ids, use_cache=True,
+            position_ids=prompt_positions, use_cache=True,
         )  # fmt: skip
         cache, next_logits = out.past_key_values, out.logits[:, -1].float()  # (B, V)
-        if decoder is not None:
-            decoder.repeat_rows(group_size)
-            if not decoder.load(cache):
-                decoder = None  # a cache layout we do not know: HF's decoding steps
-    next_position = position_ids[:, -1:] + 1
+    next_position = prompt_positions[:, -1:] + 1
     attention = prompt_mask
     tokens, logprobs, alive_cols = [], [], []
     alive = torch.ones(B, dtype=torch.bool, device=device)
