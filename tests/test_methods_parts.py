@@ -202,3 +202,19 @@ def test_adv_weight_w_reinforce():
 def test_bad_part_arguments(spec, match):
     with pytest.raises(ValueError, match=match):
         build(spec)
+
+
+def test_sign_condition_keeps_one_quadrant_by_hand():
+    # A = [1, 1, -1, -1, 0], S = [0.2, -0.1, 0.3, -0.4, 0.5]; the last token is padding-free but A = 0.
+    # (sample=1, side=1) keeps token 0; (1, -1) token 1; (-1, 1) token 2; (-1, -1) token 3.
+    from entropy_dynamics.methods import sign_condition_mask
+
+    S = torch.tensor([[0.2, -0.1, 0.3, -0.4, 0.5]])
+    A = torch.tensor([[1.0, 1.0, -1.0, -1.0, 0.0]])
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    for index, (sample, side) in enumerate([(1, 1), (1, -1), (-1, 1), (-1, -1)]):
+        keep = sign_condition_mask(S, A, mask, sample=sample, side=side)
+        assert keep.nonzero()[:, 1].tolist() == [index]
+    assert not sign_condition_mask(S, A, torch.zeros_like(mask)).any()
+    with pytest.raises(ValueError, match="sample must be 1 or -1"):
+        sign_condition_mask(S, A, mask, sample=0)

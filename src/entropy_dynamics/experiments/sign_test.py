@@ -8,52 +8,18 @@ only on negative-advantage samples, and within them only on tokens with S_* > 0 
 trainer's entropy probe (entropy of the batch's positions re-measured after each update, summed
 over the run), and the entropy of fresh rollouts (last steps minus first steps).
 
-The ``sign_condition`` filter is registered here because ``methods`` has none for this
-diagnostic; if ``methods`` registers one under the same name, that one is used.
+The filter is the registered method part ``sign_condition`` (``methods/filters.py``).
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 
-from .. import diagnostics as dg
-from .. import methods
-from ..methods.base import Filter, TokenBatch
 from ._setup import base_config, read_metrics
 from .common import ExperimentResult, markdown_table, new_figure, save_figure
-
-if "sign_condition" not in methods.names():
-
-    @methods.register
-    @dataclass(frozen=True, kw_only=True)
-    class SignCondition(Filter):
-        """``sign_condition``: keep only tokens with ``sign(A) == sample`` and ``sign(S_*) == side``.
-
-        The paper's four-condition masking (section 6, validation 1); ``sample`` and ``side`` are
-        +1 or -1. Tokens with A = 0 or S_* = 0 are dropped.
-        """
-
-        name: ClassVar[str] = "sign_condition"
-        sample: int = 1
-        side: int = 1
-
-        def __post_init__(self) -> None:
-            for arg in ("sample", "side"):
-                if getattr(self, arg) not in (1, -1):
-                    raise ValueError(f"sign_condition: {arg} must be 1 or -1, got "
-                                     f"{getattr(self, arg)!r}")
-
-        def keep(self, batch: TokenBatch, *, clipped, group=None):
-            keep = (batch.mask & (batch.advantages.sign() == self.sample)
-                    & (batch.discriminator.sign() == self.side))
-            return keep, dg.drop_fractions(keep, batch.mask, batch.advantages,
-                                           prefix="sign_condition", group=group)
-
 
 CONDITIONS = [  # (label, sample sign, S_* sign); Thm 3.2 predicts sign(dH) = -sample * side
     ("A>0, S*>0", 1, 1),

@@ -8,7 +8,7 @@ from . import clipping, filters, regularisers, reweight, surrogates  # noqa: F40
 from . import presets as _presets  # noqa: F401  (registers the presets)
 from .base import Filter, Part, Plan, Regulariser, Reweight, Surrogate, TokenBatch
 from .clipping import clip_b_mask, clip_v_mask
-from .filters import centred_covariance, clip_cov_mask, top_entropy_mask
+from .filters import centred_covariance, clip_cov_mask, sign_condition_mask, top_entropy_mask
 from .method import Method
 from .registry import Preset, get, get_part, get_preset, names, register, register_preset
 from .regularisers import kl_cov_select, kl_estimate
@@ -44,5 +44,6 @@ __all__ = [
     "ppo_loss",
     "register",
     "register_preset",
+    "sign_condition_mask",
     "top_entropy_mask",
 ]

@@ -15,7 +15,15 @@ from ._checks import check_number, check_same_shape
 from .base import Filter, TokenBatch
 from .registry import register
 
-__all__ = ["ClipCov", "TopEntropy", "centred_covariance", "clip_cov_mask", "top_entropy_mask"]
+__all__ = [
+    "ClipCov",
+    "SignCondition",
+    "TopEntropy",
+    "centred_covariance",
+    "clip_cov_mask",
+    "sign_condition_mask",
+    "top_entropy_mask",
+]
 
 
 def centred_covariance(advantages: Tensor, logprobs: Tensor, mask: Tensor, *, group=None):
@@ -143,3 +151,47 @@ class TopEntropy(Filter):
         return keep, dg.drop_fractions(
             keep, batch.mask, batch.advantages, prefix="top_entropy", group=group
         )
+
+
+def sign_condition_mask(
+    discriminator: Tensor, advantages: Tensor, mask: Tensor, *, sample: int = 1, side: int = 1
+) -> Tensor:
+    """Four-condition masking (PAPER.md sec. 6, validation 1): keep ``sign(A) == sample`` and
+    ``sign(S_*) == side``; bool ``[B, T]``.
+
+    ``discriminator`` S_*, ``advantages``, ``mask``: ``[B, T]``; ``sample``, ``side`` in {1, -1}.
+    Thm 3.2 (``dH = -eps S_*``, eps of A's sign) predicts ``sign(dH) = -sample * side`` when
+    only the kept tokens are trained. Tokens with ``A = 0`` or ``S_* = 0`` are dropped.
+    Example: A = [1, 1, -1], S = [0.2, -0.1, 0.3], sample=1, side=1 keeps only token 0.
+    """
+    check_same_shape("sign_condition", discriminator=discriminator, advantages=advantages, mask=mask)
+    for arg, value in (("sample", sample), ("side", side)):
+        if value not in (1, -1):
+            raise ValueError(f"sign_condition: {arg} must be 1 or -1, got {value!r}")
+    return mask & (advantages.sign() == sample) & (discriminator.sign() == side)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class SignCondition(Filter):
+    """``sign_condition``: train only one of the paper's four (A sign x S_* sign) conditions."""
+
+    name: ClassVar[str] = "sign_condition"
+    sample: int = 1
+    side: int = 1
+
+    def __post_init__(self) -> None:  # validate now, not at the first batch
+        for arg in ("sample", "side"):
+            if getattr(self, arg) not in (1, -1):
+                raise ValueError(
+                    f"sign_condition: {arg} must be 1 or -1, got {getattr(self, arg)!r}"
+                )
+
+    def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None):
+        keep = sign_condition_mask(
+            batch.discriminator, batch.advantages, batch.mask, sample=self.sample, side=self.side
+        )
+        metrics = dg.drop_fractions(
+            keep, batch.mask, batch.advantages, prefix="sign_condition", group=group
+        )
+        return keep, metrics
