@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -115,27 +116,29 @@ class Part:
         return f"{self.name}({args})" if args else self.name
 
 
-class Surrogate(Part):
+class Surrogate(Part, abc.ABC):
     """Per-token policy-gradient loss: ``loss(logprobs, old_logprobs, advantages)``."""
 
     kind: ClassVar[str] = "surrogate"
 
+    @abc.abstractmethod
     def loss(
         self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Per-token loss ``[B, T]`` and diagnostics (``ratio``, bool clip masks), all ``[B, T]``."""
-        raise NotImplementedError
+        ...
 
     def clipped(self, ratio: Tensor, advantages: Tensor) -> Tensor:
         """Bool ``[B, T]``: tokens whose ratio clip is active (their PPO gradient is cut)."""
         return torch.zeros_like(ratio, dtype=torch.bool)
 
 
-class Filter(Part):
+class Filter(Part, abc.ABC):
     """Decides a bool KEEP mask ``[B, T]`` once per batch from batch-global statistics."""
 
     kind: ClassVar[str] = "filter"
 
+    @abc.abstractmethod
     def keep(
         self, batch: TokenBatch, *, clipped: Tensor, group=None
     ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -143,10 +146,10 @@ class Filter(Part):
 
         ``clipped``: bool ``[B, T]``, the tokens the method's surrogate clips at plan time.
         """
-        raise NotImplementedError
+        ...
 
 
-class Regulariser(Part):
+class Regulariser(Part, abc.ABC):
     """Adds a per-token term to the loss; may choose its tokens once per batch (``select``)."""
 
     kind: ClassVar[str] = "regulariser"
@@ -157,6 +160,7 @@ class Regulariser(Part):
         """Bool ``[B, T]`` of the tokens this regulariser touches (None = every valid token)."""
         return None, {}
 
+    @abc.abstractmethod
     def token_loss(
         self,
         *,
@@ -168,17 +172,18 @@ class Regulariser(Part):
         plan: Plan,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Per-token term ``[B, T]`` added to the loss, and micro-batch-additive metrics."""
-        raise NotImplementedError
+        ...
 
     def step_end(self, metrics: dict[str, Any]) -> None:
         """Update internal state after an optimiser step (stateless parts do nothing)."""
 
 
-class Reweight(Part):
+class Reweight(Part, abc.ABC):
     """Multiplies the surrogate's per-token loss by a weight ``[B, T]`` decided per batch."""
 
     kind: ClassVar[str] = "reweight"
 
+    @abc.abstractmethod
     def weight(self, batch: TokenBatch) -> Tensor:
         """Float ``[B, T]`` weights."""
-        raise NotImplementedError
+        ...
