@@ -88,8 +88,9 @@ def run_child(script: str, case: dict, threads: int | None, timeout: float) -> R
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         return f"failed (rc {done.returncode}): {tail[0][:120]}"
     result = Result(**json.loads(done.stdout.strip().splitlines()[-1]))
-    print(f"  {case} -> {result} ({time.perf_counter() - start:.0f} s)", file=sys.stderr,
-          flush=True)
+    print(
+        f"  {case} -> {result} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True
+    )
     return result
 
 
@@ -132,8 +133,10 @@ def machine_line(threads: int | None = None) -> str:
     except (OSError, StopIteration):
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{threads or torch.get_num_threads()} threads, load average {load:.1f}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{threads or torch.get_num_threads()} threads, load average {load:.1f}"
+    )
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:

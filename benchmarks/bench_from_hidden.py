@@ -66,8 +66,10 @@ def main() -> None:
         _util.child_entry(args.child, run_case)
         return
     rows = args.rows or (256 if args.quick else 2048)
-    print(f"bench_from_hidden: hidden [1, {rows}, {HIDDEN}], weight [{VOCAB}, {HIDDEN}] fp32, "
-          f"best of {args.repeats}; {_util.machine_line(args.threads)}")
+    print(
+        f"bench_from_hidden: hidden [1, {rows}, {HIDDEN}], weight [{VOCAB}, {HIDDEN}] fp32, "
+        f"best of {args.repeats}; {_util.machine_line(args.threads)}"
+    )
     header = ["variant", "pass", "wall s", "CPU s", "CPU / matmul", "peak extra MiB"]
     table = []
     for pass_ in args.passes.split(","):
@@ -81,8 +83,16 @@ def main() -> None:
                 table.append([variant, pass_, res, "", "", ""])
                 continue
             ratio = f"{res.cpu_s / base.cpu_s:.2f}x" if isinstance(base, _util.Result) else "n/a"
-            table.append([variant, pass_, f"{res.wall_s:.3f}", f"{res.cpu_s:.3f}", ratio,
-                          f"{res.peak_extra_mib:.0f}"])
+            table.append(
+                [
+                    variant,
+                    pass_,
+                    f"{res.wall_s:.3f}",
+                    f"{res.cpu_s:.3f}",
+                    ratio,
+                    f"{res.peak_extra_mib:.0f}",
+                ]
+            )
     print(_util.format_table(header, table))
 
 

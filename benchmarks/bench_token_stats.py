@@ -82,9 +82,19 @@ def main() -> None:
         _util.child_entry(args.child, run_case)
         return
     shape = QUICK_SHAPE if args.quick else FULL_SHAPE
-    print(f"bench_token_stats: logits {list(shape)}, best of {args.repeats}; {_util.machine_line(args.threads)}")
-    header = ["variant", "dtype", "pass", "wall s", "CPU s", "CPU / logsumexp",
-              "peak extra MiB", "% of naive"]
+    print(
+        f"bench_token_stats: logits {list(shape)}, best of {args.repeats}; {_util.machine_line(args.threads)}"
+    )
+    header = [
+        "variant",
+        "dtype",
+        "pass",
+        "wall s",
+        "CPU s",
+        "CPU / logsumexp",
+        "peak extra MiB",
+        "% of naive",
+    ]
     rows = []
     for dtype in DTYPES:
         cases = [("logsumexp", "forward", None)]
@@ -98,10 +108,17 @@ def main() -> None:
             if variant == "naive" and not fits:
                 results[(variant, pass_, chunk)] = f"skipped: needs ~{need / 1024:.0f} GiB free"
                 continue
-            case = {"variant": variant, "pass": pass_, "dtype": dtype, "shape": list(shape),
-                    "chunk": chunk, "repeats": args.repeats}
-            results[(variant, pass_, chunk)] = _util.run_child(__file__, case, args.threads,
-                                                               args.timeout)
+            case = {
+                "variant": variant,
+                "pass": pass_,
+                "dtype": dtype,
+                "shape": list(shape),
+                "chunk": chunk,
+                "repeats": args.repeats,
+            }
+            results[(variant, pass_, chunk)] = _util.run_child(
+                __file__, case, args.threads, args.timeout
+            )
         rows += _rows(results, dtype)
     print(_util.format_table(header, rows))
 
@@ -116,10 +133,23 @@ def _rows(results: dict, dtype: str) -> list[list[str]]:
             continue
         naive = results.get(("naive", pass_, None))
         ratio = f"{res.cpu_s / lse.cpu_s:.2f}x" if isinstance(lse, _util.Result) else "n/a"
-        share = (f"{100 * res.peak_extra_mib / naive.peak_extra_mib:.1f} %"
-                 if isinstance(naive, _util.Result) and naive.peak_extra_mib > 0 else "n/a")
-        rows.append([name, dtype, pass_, f"{res.wall_s:.3f}", f"{res.cpu_s:.3f}", ratio,
-                     f"{res.peak_extra_mib:.0f}", share])
+        share = (
+            f"{100 * res.peak_extra_mib / naive.peak_extra_mib:.1f} %"
+            if isinstance(naive, _util.Result) and naive.peak_extra_mib > 0
+            else "n/a"
+        )
+        rows.append(
+            [
+                name,
+                dtype,
+                pass_,
+                f"{res.wall_s:.3f}",
+                f"{res.cpu_s:.3f}",
+                ratio,
+                f"{res.peak_extra_mib:.0f}",
+                share,
+            ]
+        )
     return rows
 
 

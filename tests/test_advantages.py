@@ -37,8 +37,9 @@ def test_registry_names_and_lookup():
 
 
 def test_unknown_name_lists_valid_ones():
-    with pytest.raises(ValueError, match="unknown advantage estimator 'gpro'; valid names: "
-                       "dr_grpo, grpo, rloo"):
+    with pytest.raises(
+        ValueError, match="unknown advantage estimator 'gpro'; valid names: dr_grpo, grpo, rloo"
+    ):
         A.get("gpro")
 
 
@@ -69,12 +70,14 @@ def test_grpo_eps_sits_on_the_std():
 def test_dr_grpo_and_rloo_hand_values():
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 3.0, 1.0])
     # dr_grpo G=2: groups [1,0] [0,0] [3,1] -> [0.5,-0.5, 0,0, 1,-1]
-    torch.testing.assert_close(A.dr_grpo_advantages(rewards, 2),
-                               torch.tensor([0.5, -0.5, 0.0, 0.0, 1.0, -1.0]))
+    torch.testing.assert_close(
+        A.dr_grpo_advantages(rewards, 2), torch.tensor([0.5, -0.5, 0.0, 0.0, 1.0, -1.0])
+    )
     # rloo G=3: group [1,0,0]: 1 - 0 = 1, 0 - (1+0)/2 = -0.5 (twice)
     #           group [0,3,1]: 0 - 2 = -2, 3 - 0.5 = 2.5, 1 - 1.5 = -0.5
-    torch.testing.assert_close(A.rloo_advantages(rewards, 3),
-                               torch.tensor([1.0, -0.5, -0.5, -2.0, 2.5, -0.5]))
+    torch.testing.assert_close(
+        A.rloo_advantages(rewards, 3), torch.tensor([1.0, -0.5, -0.5, -2.0, 2.5, -0.5])
+    )
 
 
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo"])
@@ -97,7 +100,9 @@ def test_group_of_one_gets_zero(name):
 def test_rloo_is_a_rescaled_dr_grpo():
     # R_i - mean_{j!=i} R_j = G / (G - 1) * (R_i - mean_g R)
     rewards = torch.randn(12, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    torch.testing.assert_close(A.rloo_advantages(rewards, 4), A.dr_grpo_advantages(rewards, 4) * 4 / 3)
+    torch.testing.assert_close(
+        A.rloo_advantages(rewards, 4), A.dr_grpo_advantages(rewards, 4) * 4 / 3
+    )
 
 
 def test_integer_and_bool_rewards_give_fp32():

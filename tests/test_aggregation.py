@@ -76,8 +76,9 @@ def _loss_and_grad(params, mask, mode, splits, **global_counts):
     params = params.clone().requires_grad_(True)
     total = 0.0
     for rows in torch.split(torch.arange(params.shape[0]), splits):
-        part = aggregate(_per_token_loss(params[rows]), mask[rows], mode, max_len=MAX_LEN,
-                         **global_counts)
+        part = aggregate(
+            _per_token_loss(params[rows]), mask[rows], mode, max_len=MAX_LEN, **global_counts
+        )
         part.backward()  # gradient accumulation, one backward per micro-batch
         total = total + part.detach()
     return total, params.grad
@@ -143,9 +144,12 @@ def test_normalisers_hand_values():
 
 def test_bad_input_raises():
     loss, mask = torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool)
-    with pytest.raises(ValueError, match="unknown aggregation mode 'mean'; valid modes: "
-                       "token-mean, seq-mean-token-mean, seq-mean-token-sum, "
-                       "seq-mean-token-sum-norm"):
+    with pytest.raises(
+        ValueError,
+        match="unknown aggregation mode 'mean'; valid modes: "
+        "token-mean, seq-mean-token-mean, seq-mean-token-sum, "
+        "seq-mean-token-sum-norm",
+    ):
         aggregate(loss, mask, "mean")
     with pytest.raises(ValueError, match="needs max_len"):
         aggregate(loss, mask, "seq-mean-token-sum-norm")

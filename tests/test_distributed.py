@@ -155,8 +155,10 @@ def _masked_batches(draw):
     # few distinct values (many ties), including negatives and zero
     values = draw(st.lists(st.integers(-3, 3), min_size=B * T, max_size=B * T))
     mask = draw(st.lists(st.booleans(), min_size=B * T, max_size=B * T))
-    return (torch.tensor(values, dtype=torch.float32).reshape(B, T) / 2,
-            torch.tensor(mask).reshape(B, T))
+    return (
+        torch.tensor(values, dtype=torch.float32).reshape(B, T) / 2,
+        torch.tensor(mask).reshape(B, T),
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -164,8 +166,13 @@ def _masked_batches(draw):
 def test_masked_topk_property_matches_sort_by_value_then_position(batch, k):
     values, mask = batch
     # reference: valid (value, position) pairs, sorted by value descending then position
-    valid = [(v, i) for i, (v, m) in enumerate(zip(values.flatten().tolist(),
-                                                    mask.flatten().tolist(), strict=True)) if m]
+    valid = [
+        (v, i)
+        for i, (v, m) in enumerate(
+            zip(values.flatten().tolist(), mask.flatten().tolist(), strict=True)
+        )
+        if m
+    ]
     chosen = {i for _, i in sorted(valid, key=lambda pair: (-pair[0], pair[1]))[:k]}
     expected = torch.tensor([i in chosen for i in range(values.numel())]).reshape(values.shape)
     assert D.masked_topk(values, mask, k).equal(expected)
@@ -222,8 +229,10 @@ def _concatenated(name: str):
 
 def _chosen(n_global: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(7)  # the same seed on every rank
-    return torch.randperm(n_global, generator=gen)[: max(n_global // 3, 1)] if n_global else (
-        torch.zeros(0, dtype=torch.long)
+    return (
+        torch.randperm(n_global, generator=gen)[: max(n_global // 3, 1)]
+        if n_global
+        else (torch.zeros(0, dtype=torch.long))
     )
 
 

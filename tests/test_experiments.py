@@ -42,10 +42,13 @@ def test_result_json_is_strict_and_report_keeps_order(tmp_path):
         path = common.write_result(result, tmp_path)
         common.write_report(result, tmp_path, ["theory", "network"])
     data = json.loads(path.read_text())
-    assert data["claims"] == [{"claim": "another", "holds": False, "measured": 0.5,
-                               "threshold": [0.9, 1.0], "note": ""}]
-    assert json.loads((tmp_path / "network" / "result.json").read_text())["claims"][0][
-        "measured"] is None
+    assert data["claims"] == [
+        {"claim": "another", "holds": False, "measured": 0.5, "threshold": [0.9, 1.0], "note": ""}
+    ]
+    assert (
+        json.loads((tmp_path / "network" / "result.json").read_text())["claims"][0]["measured"]
+        is None
+    )
     report = (tmp_path / "report.md").read_text()
     assert report.index("## theory") < report.index("## network")
     assert "**no**" in report

@@ -20,18 +20,31 @@ from entropy_dynamics.methods import TokenBatch
 def _batch(advantages, discriminator, mask):
     adv = torch.tensor(advantages, dtype=torch.float32)
     zeros = torch.zeros_like(adv)
-    return TokenBatch(mask=torch.tensor(mask), advantages=adv, logprobs=zeros, old_logprobs=zeros,
-                      entropy=zeros, discriminator=torch.tensor(discriminator), baseline=zeros)
+    return TokenBatch(
+        mask=torch.tensor(mask),
+        advantages=adv,
+        logprobs=zeros,
+        old_logprobs=zeros,
+        entropy=zeros,
+        discriminator=torch.tensor(discriminator),
+        baseline=zeros,
+    )
 
 
 def test_sign_condition_filter_keeps_one_quadrant():
     assert "sign_condition" in methods.names()
-    batch = _batch(advantages=[[1.0, 1.0, -1.0, -1.0, 0.0, 1.0]],
-                   discriminator=[[0.2, -0.1, 0.3, -0.4, 0.5, 0.7]],
-                   mask=[[True, True, True, True, True, False]])
+    batch = _batch(
+        advantages=[[1.0, 1.0, -1.0, -1.0, 0.0, 1.0]],
+        discriminator=[[0.2, -0.1, 0.3, -0.4, 0.5, 0.7]],
+        mask=[[True, True, True, True, True, False]],
+    )
     # (A, S) per token: (+,+) (+,-) (-,+) (-,-) (0,+) (+,+ but padding)
-    expected = {(1, 1): [1, 0, 0, 0, 0, 0], (1, -1): [0, 1, 0, 0, 0, 0],
-                (-1, 1): [0, 0, 1, 0, 0, 0], (-1, -1): [0, 0, 0, 1, 0, 0]}
+    expected = {
+        (1, 1): [1, 0, 0, 0, 0, 0],
+        (1, -1): [0, 1, 0, 0, 0, 0],
+        (-1, 1): [0, 0, 1, 0, 0, 0],
+        (-1, -1): [0, 0, 0, 1, 0, 0],
+    }
     for (sample, side), keep in expected.items():
         plan = methods.build(f"grpo + sign_condition(sample={sample}, side={side})").plan(batch)
         assert plan.keep[0].int().tolist() == keep
@@ -45,10 +58,16 @@ def test_corollary_per_step_statistics_by_hand(tmp_path):
     # S = [0.3, 0.1, 0.2], N = [0.1, 0.2, 0.1] -> deviation [0.2, -0.1, 0.1]: mean 0.2/3,
     # population std sqrt(((0.2-m)^2 + (-0.1-m)^2 + (0.1-m)^2) / 3), SE = std / sqrt(3).
     (tmp_path / "dist").mkdir()
-    np.savez(tmp_path / "dist" / "step-2.npz", discriminator=np.array([0.3, 0.1, 0.2]),
-             baseline=np.array([0.1, 0.2, 0.1]))
-    np.savez(tmp_path / "dist" / "step-10.npz", discriminator=np.array([0.5, 0.5]),
-             baseline=np.array([0.5, 0.5]))
+    np.savez(
+        tmp_path / "dist" / "step-2.npz",
+        discriminator=np.array([0.3, 0.1, 0.2]),
+        baseline=np.array([0.1, 0.2, 0.1]),
+    )
+    np.savez(
+        tmp_path / "dist" / "step-10.npz",
+        discriminator=np.array([0.5, 0.5]),
+        baseline=np.array([0.5, 0.5]),
+    )
     rows = corollary._per_step(tmp_path)
     assert [r["step"] for r in rows] == [2, 10]
     m = 0.2 / 3

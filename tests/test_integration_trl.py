@@ -39,10 +39,14 @@ class RecordingTrainer(EntropyGRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        self.records.append({
-            "batch": self.last_token_batch, "plan": self.last_plan,
-            "reference": reference_stats(self, output), "output": output,
-        })
+        self.records.append(
+            {
+                "batch": self.last_token_batch,
+                "plan": self.last_plan,
+                "reference": reference_stats(self, output),
+                "output": output,
+            }
+        )
         return output
 
 
@@ -52,7 +56,7 @@ def reference_stats(trainer, output):
     ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
     att = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
     T = output["completion_ids"].size(1)
-    logits = trainer.model(input_ids=ids, attention_mask=att).logits[:, -T - 1:-1]
+    logits = trainer.model(input_ids=ids, attention_mask=att).logits[:, -T - 1 : -1]
     logp = torch.log_softmax(logits.double() / trainer.temperature, dim=-1)  # (B, T, V)
     p = logp.exp()
     H = -(p * logp).sum(-1)
@@ -70,14 +74,29 @@ def make_trainer(tmp_path, method, *, steps=2, trainer_cls=RecordingTrainer, **o
     model = build_tiny_model(tokenizer, **TINY)
     dataset = Dataset.from_dict({"prompt": [f"{i}+{2 * i}=" for i in range(32)]})
     options = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4,
-        max_completion_length=8, max_steps=steps, logging_steps=1, report_to=[], use_cpu=True,
-        save_strategy="no", learning_rate=1e-2, seed=0, entropy_method=method, bf16=False,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=steps,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        learning_rate=1e-2,
+        seed=0,
+        entropy_method=method,
+        bf16=False,
     )
     options.update(overrides)
     args = EntropyGRPOConfig(**options)
-    return trainer_cls(model=model, processing_class=tokenizer, reward_funcs=reward_by_chars,
-                       args=args, train_dataset=dataset)
+    return trainer_cls(
+        model=model,
+        processing_class=tokenizer,
+        reward_funcs=reward_by_chars,
+        args=args,
+        train_dataset=dataset,
+    )
 
 
 def clip_b_keep(S, A, mask, mu):
@@ -127,8 +146,10 @@ def test_masks_equal_the_reference_on_every_generation_batch(tmp_path, method):
         name = method.split("(")[0].split("+")[-1].strip()
         assert all(f"{name}/frac_dropped" in row for row in logged)
         fractions = [row[f"{name}/frac_dropped"] for row in logged]
-        expected = [float((r["batch"].mask & ~r["plan"].keep).sum() / r["batch"].mask.sum())
-                    for r in trainer.records]
+        expected = [
+            float((r["batch"].mask & ~r["plan"].keep).sum() / r["batch"].mask.sum())
+            for r in trainer.records
+        ]
         assert fractions == pytest.approx(expected)
 
 
@@ -158,8 +179,8 @@ def test_method_surrogate_path_uses_global_seq_mean_token_mean(tmp_path):
     trainer.train()
     inputs = _loss_inputs(trainer)
     keep, A = inputs[KEEP_KEY].double(), inputs["advantages"].double().unsqueeze(1)
-    per_seq = (-A * keep).sum(-1) / keep.sum(-1).clamp(min=1)   # token-mean per sequence
-    num_seqs = (keep.sum(-1) > 0).sum()                           # rows with a kept token
+    per_seq = (-A * keep).sum(-1) / keep.sum(-1).clamp(min=1)  # token-mean per sequence
+    num_seqs = (keep.sum(-1) > 0).sum()  # rows with a kept token
     expected = per_seq.sum() / num_seqs
     with torch.no_grad():
         loss = trainer._compute_loss(trainer.model, inputs)
@@ -169,9 +190,9 @@ def test_method_surrogate_path_uses_global_seq_mean_token_mean(tmp_path):
 def test_num_iterations_reuses_the_plan_and_matches_trl_logprobs(tmp_path):
     trainer = make_trainer(tmp_path, "clip_b(mu=0.5)", steps=2, num_iterations=2)
     trainer.train()
-    assert len(trainer.records) == 1   # one generation batch, trained on twice
+    assert len(trainer.records) == 1  # one generation batch, trained on twice
     record = trainer.records[0]
-    trl_old = record["output"]["old_per_token_logps"]   # TRL's own fused-head log-probs
+    trl_old = record["output"]["old_per_token_logps"]  # TRL's own fused-head log-probs
     mask = record["batch"].mask
     torch.testing.assert_close(record["batch"].logprobs[mask], trl_old[mask], atol=1e-5, rtol=0)
     torch.testing.assert_close(record["batch"].old_logprobs, trl_old)
@@ -179,8 +200,13 @@ def test_num_iterations_reuses_the_plan_and_matches_trl_logprobs(tmp_path):
 
 def test_options_that_cannot_be_honoured_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"unknown|valid"):
-        EntropyGRPOConfig(output_dir=str(tmp_path), entropy_method="no_such_method",
-                          report_to=[], use_cpu=True, bf16=False)
+        EntropyGRPOConfig(
+            output_dir=str(tmp_path),
+            entropy_method="no_such_method",
+            report_to=[],
+            use_cpu=True,
+            bf16=False,
+        )
     common = dict(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False)
     with pytest.raises(ValueError, match="beta"):
         EntropyGRPOConfig(entropy_method="pg + clip_b", beta=0.1, **common)
@@ -192,16 +218,16 @@ def test_options_that_cannot_be_honoured_are_refused(tmp_path):
 
 def test_probe_logs_the_measured_entropy_change_of_the_update(tmp_path):
     trainer = make_trainer(tmp_path, "clip_b(mu=0.5)", steps=1, entropy_probe_steps=1)
-    before = build_tiny_model(trainer.processing_class, **TINY)   # the same initial weights
+    before = build_tiny_model(trainer.processing_class, **TINY)  # the same initial weights
     trainer.train()
-    inputs = _loss_inputs(trainer)   # one step, one micro-batch: the probed one
+    inputs = _loss_inputs(trainer)  # one step, one micro-batch: the probed one
     ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
     att = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
     T, mask = inputs["completion_ids"].size(1), inputs["completion_mask"].bool()
 
     def entropy(model):  # H of softmax(z), float64, at the completion positions
         with torch.no_grad():
-            z = model(input_ids=ids, attention_mask=att).logits[:, -T - 1:-1].double()
+            z = model(input_ids=ids, attention_mask=att).logits[:, -T - 1 : -1].double()
         return -(z.softmax(-1) * z.log_softmax(-1)).sum(-1)
 
     measured = (entropy(trainer.model) - entropy(before))[mask].mean()
@@ -214,14 +240,20 @@ def test_probe_logs_the_measured_entropy_change_of_the_update(tmp_path):
 
 def test_method_loss_summed_over_micro_batches_is_the_whole_batch_token_mean(tmp_path):
     # gradient accumulation 2: TRL shuffles the generation batch and splits it in two
-    trainer = make_trainer(tmp_path, "pg + clip_b(mu=0.5)", steps=1, loss_type="bnpo",
-                           per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    trainer = make_trainer(
+        tmp_path,
+        "pg + clip_b(mu=0.5)",
+        steps=1,
+        loss_type="bnpo",
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+    )
     trainer.train()
     parts = trainer._buffered_inputs
     assert len(parts) == 2
     keep = torch.cat([p[KEEP_KEY] for p in parts]).double()
     A = torch.cat([p["advantages"] for p in parts]).double().unsqueeze(1)
-    expected = (-A * keep).sum() / keep.sum()   # r = 1 on-policy: token loss -A
+    expected = (-A * keep).sum() / keep.sum()  # r = 1 on-policy: token loss -A
     with torch.no_grad():
         total = sum(trainer._compute_loss(trainer.model, p) for p in parts)
     torch.testing.assert_close(total.double(), expected, atol=1e-6, rtol=1e-6)

@@ -57,8 +57,14 @@ def test_ed_ppo_equals_verls_vanilla_loss_and_gradient(mode):
     for name in ("vanilla", "ed_ppo"):
         log_prob = new.clone().requires_grad_(True)
         loss, metrics = core_algos.get_policy_loss_fn(name)(
-            old_log_prob=old, log_prob=log_prob, advantages=adv, response_mask=mask,
-            loss_agg_mode=mode, config=config, rollout_is_weights=weights)
+            old_log_prob=old,
+            log_prob=log_prob,
+            advantages=adv,
+            response_mask=mask,
+            loss_agg_mode=mode,
+            config=config,
+            rollout_is_weights=weights,
+        )
         loss.backward()
         results.append((loss.detach(), log_prob.grad, metrics))
     (ref_loss, ref_grad, ref_metrics), (loss, grad, metrics) = results
@@ -66,7 +72,9 @@ def test_ed_ppo_equals_verls_vanilla_loss_and_gradient(mode):
     torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-12)
     assert metrics["actor/pg_clipfrac"] == pytest.approx(ref_metrics["actor/pg_clipfrac"])
     assert metrics["actor/ppo_kl"] == pytest.approx(ref_metrics["actor/ppo_kl"])
-    assert metrics["actor/pg_clipfrac_lower"] == pytest.approx(ref_metrics["actor/pg_clipfrac_lower"])
+    assert metrics["actor/pg_clipfrac_lower"] == pytest.approx(
+        ref_metrics["actor/pg_clipfrac_lower"]
+    )
 
 
 def test_ed_ce_gppo_and_ed_pg_equal_the_paper_formulas():
@@ -76,13 +84,15 @@ def test_ed_ce_gppo_and_ed_pg_equal_the_paper_formulas():
     # pg: -r A; token-mean over the valid tokens
     expected_pg = (-(r * adv))[mask].mean()
     loss, _ = core_algos.get_policy_loss_fn("ed_pg")(
-        old, new, adv, mask, "token-mean", config=config)
+        old, new, adv, mask, "token-mean", config=config
+    )
     torch.testing.assert_close(loss, expected_pg)
     # CE-GPPO (PAPER.md sec. 5): A < 0, r < 0.8 -> -0.75 * 0.8 * A; A > 0, r > 1.2 -> -1.2 * A
     low, high = (adv < 0) & (r < 0.8), (adv > 0) & (r > 1.2)
     per_token = torch.where(low, -0.75 * 0.8 * adv, torch.where(high, -1.0 * 1.2 * adv, -r * adv))
     loss, _ = core_algos.get_policy_loss_fn("ed_ce_gppo")(
-        old, new, adv, mask, "token-mean", config=config)
+        old, new, adv, mask, "token-mean", config=config
+    )
     torch.testing.assert_close(loss, per_token[mask].mean())
     assert (low | high)[mask].any(), "the batch must exercise the clipped branches"
 
@@ -95,12 +105,16 @@ def clip_b_reference(S, A, mask, mu):
 
 def test_mask_step_on_a_dataproto_drops_the_clip_b_tokens_from_response_mask():
     mask, old, _, adv, entropy = random_batch(seed=2)
-    data = DataProto.from_dict({
-        "response_mask": mask.long(), "old_log_probs": old.float(), "entropys": entropy.float(),
-        "advantages": adv.float(),
-    })
+    data = DataProto.from_dict(
+        {
+            "response_mask": mask.long(),
+            "old_log_probs": old.float(),
+            "entropys": entropy.float(),
+            "advantages": adv.float(),
+        }
+    )
     metrics = plugin.apply_entropy_masks(data, "clip_b(mu=0.5)")
-    S = old.exp() * (entropy + old)   # S_* = p_k (H + log p_k)
+    S = old.exp() * (entropy + old)  # S_* = p_k (H + log p_k)
     expected = clip_b_reference(S, adv, mask, 0.5)
     assert torch.equal(data.batch["entropy_keep"], expected)
     assert torch.equal(data.batch["response_mask"].bool(), expected)
@@ -114,18 +128,29 @@ def test_mask_step_on_a_dataproto_drops_the_clip_b_tokens_from_response_mask():
 def test_masked_batch_gives_the_same_loss_whole_or_in_verl_micro_batches():
     # verl's engine: batch_num_tokens = all-reduced sum of the loss mask (= response_mask)
     mask, old, new, adv, entropy = random_batch(seed=3)
-    data = DataProto.from_dict({
-        "response_mask": mask.long(), "old_log_probs": old, "entropys": entropy,
-        "advantages": adv, "log_probs": new,
-    })
+    data = DataProto.from_dict(
+        {
+            "response_mask": mask.long(),
+            "old_log_probs": old,
+            "entropys": entropy,
+            "advantages": adv,
+            "log_probs": new,
+        }
+    )
     plugin.apply_entropy_masks(data, "clip_b(mu=0.5)")
     keep = data.batch["entropy_keep"]
     config = actor_config()
     loss_fn = core_algos.get_policy_loss_fn("ed_ppo")
     config.global_batch_info.update(dp_size=1, batch_num_tokens=int(keep.sum()))
     total = sum(
-        loss_fn(part.batch["old_log_probs"], part.batch["log_probs"], part.batch["advantages"],
-                part.batch["response_mask"].bool(), "token-mean", config=config)[0]
+        loss_fn(
+            part.batch["old_log_probs"],
+            part.batch["log_probs"],
+            part.batch["advantages"],
+            part.batch["response_mask"].bool(),
+            "token-mean",
+            config=config,
+        )[0]
         for part in data.chunk(3)
     )
     r = torch.exp(new - old)
@@ -140,7 +165,9 @@ def test_clip_v_needs_n_and_uses_it_when_given():
     with pytest.raises(ValueError, match="N"):
         plugin.apply_entropy_masks(dict(batch), "clip_v")
     S = old.exp() * (entropy + old)
-    N = S - 0.01 * torch.randn(mask.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    N = S - 0.01 * torch.randn(
+        mask.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5)
+    )
     batch["entropy_baseline"] = N
     plugin.apply_entropy_masks(batch, "clip_v(mu=1.0, max_frac=1.0)")
     d = N - S
@@ -169,10 +196,12 @@ def test_entropy_sync_trainer_masks_the_whole_batch_in_the_transfer_queue(monkey
     mask, old, _, adv, entropy = random_batch(seed=6)
     # TransferQueue holds jagged [B, len_b] tensors, as verl's workers write them
     response_mask = torch.nested.as_nested_tensor(
-        [row[: int(row.sum())].long() for row in mask], layout=torch.jagged)
-    nested = {name: response_to_nested(value.float(), response_mask)
-              for name, value in (("old_log_probs", old), ("entropy", entropy),
-                                  ("advantages", adv))}
+        [row[: int(row.sum())].long() for row in mask], layout=torch.jagged
+    )
+    nested = {
+        name: response_to_nested(value.float(), response_mask)
+        for name, value in (("old_log_probs", old), ("entropy", entropy), ("advantages", adv))
+    }
     nested["response_mask"] = response_mask
     store = {}
 
@@ -215,5 +244,6 @@ def test_example_config_composes_with_verls_trainer_config():
     assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode in plugin.LOSS_NAMES
     assert cfg.trainer.use_v1 and cfg.trainer.v1.trainer_mode == "entropy_sync"
     from entropy_dynamics import methods
+
     methods.build(cfg.entropy_dynamics.method)
     assert OmegaConf.select(cfg, "actor_rollout_ref.actor.clip_ratio_c") is not None

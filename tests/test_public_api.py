@@ -6,10 +6,20 @@ import sys
 import entropy_dynamics as ed
 
 PUBLIC = [
-    "entropy", "discriminator", "vocab_baseline", "predict_entropy_change",
-    "predict_single_logit_change", "predict_grpo_step_change", "token_stats",
-    "token_stats_from_hidden", "TokenStats", "clip_b_mask", "clip_v_mask", "grpo_advantages",
-    "methods", "aggregate",
+    "entropy",
+    "discriminator",
+    "vocab_baseline",
+    "predict_entropy_change",
+    "predict_single_logit_change",
+    "predict_grpo_step_change",
+    "token_stats",
+    "token_stats_from_hidden",
+    "TokenStats",
+    "clip_b_mask",
+    "clip_v_mask",
+    "grpo_advantages",
+    "methods",
+    "aggregate",
 ]
 
 

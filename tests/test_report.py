@@ -25,8 +25,9 @@ from entropy_dynamics.report.plotting import run_colors
 # --- fake run directories (test data) ---------------------------------------------------------
 
 
-def _fake_dist(rng: np.random.Generator, num_seqs: int = 32, length: int = 24,
-               vocab: int = 48) -> dict[str, np.ndarray]:
+def _fake_dist(
+    rng: np.random.Generator, num_seqs: int = 32, length: int = 24, vocab: int = 48
+) -> dict[str, np.ndarray]:
     """S_*, N and A of sampled tokens of random softmax policies (float64 from the definitions)."""
     scale = rng.lognormal(mean=1.0, sigma=0.6, size=(num_seqs * length, 1))
     logits = rng.standard_normal((num_seqs * length, vocab)) * scale
@@ -36,41 +37,67 @@ def _fake_dist(rng: np.random.Generator, num_seqs: int = 32, length: int = 24,
     H = -(p * log_p).sum(-1)
     token = np.array([rng.choice(vocab, p=row) for row in p])
     p_k = p[np.arange(len(token)), token]
-    S = p_k * (H + np.log(p_k))                       # S_* = p_k (H + log p_k)
-    N = (p**2 * (H[:, None] + log_p)).sum(-1)         # N = sum_i p_i^2 (H + log p_i)
+    S = p_k * (H + np.log(p_k))  # S_* = p_k (H + log p_k)
+    N = (p**2 * (H[:, None] + log_p)).sum(-1)  # N = sum_i p_i^2 (H + log p_i)
     seq_adv = rng.choice([-1.2, -0.4, 0.0, 0.5, 1.1], size=num_seqs)
-    return {"discriminator": S.astype(np.float32), "baseline": N.astype(np.float32),
-            "advantages": np.repeat(seq_adv, length).astype(np.float32),
-            "entropy": H.astype(np.float32)}
+    return {
+        "discriminator": S.astype(np.float32),
+        "baseline": N.astype(np.float32),
+        "advantages": np.repeat(seq_adv, length).astype(np.float32),
+        "entropy": H.astype(np.float32),
+    }
 
 
-def _fake_eval(rng: np.random.Generator, step: int, skill: float, n: int = 8,
-               prompts: int = 64) -> dict:
+def _fake_eval(
+    rng: np.random.Generator, step: int, skill: float, n: int = 8, prompts: int = 64
+) -> dict:
     """An eval.jsonl record: per-prompt success rates ~ Beta, counts ~ Binomial(n)."""
     rates = rng.beta(4 * skill + 0.3, 4 * (1 - skill) + 0.3, size=prompts)
     counts = rng.binomial(n, rates)
     ks = [1, 2, 4, 8]
-    pass_k = {str(k): float(np.mean([1 - math.comb(n - c, k) / math.comb(n, k) for c in counts]))
-              for k in ks}
-    return {"step": step, "k": n, "num_prompts": prompts,
-            "avg@k": {str(k): float(counts.mean() / n) for k in ks}, "pass@k": pass_k,
-            "greedy_acc": float(rng.binomial(prompts, min(skill + 0.05, 1)) / prompts),
-            "pass_rate_hist": np.bincount(counts, minlength=n + 1).tolist()}
+    pass_k = {
+        str(k): float(np.mean([1 - math.comb(n - c, k) / math.comb(n, k) for c in counts]))
+        for k in ks
+    }
+    return {
+        "step": step,
+        "k": n,
+        "num_prompts": prompts,
+        "avg@k": {str(k): float(counts.mean() / n) for k in ks},
+        "pass@k": pass_k,
+        "greedy_acc": float(rng.binomial(prompts, min(skill + 0.05, 1)) / prompts),
+        "pass_rate_hist": np.bincount(counts, minlength=n + 1).tolist(),
+    }
 
 
-def write_fake_run(run_dir: Path, *, name: str, method: str, seed: int, steps: int = 60,
-                   collapse: bool = True, dist: str | None = "npz") -> Path:
+def write_fake_run(
+    run_dir: Path,
+    *,
+    name: str,
+    method: str,
+    seed: int,
+    steps: int = 60,
+    collapse: bool = True,
+    dist: str | None = "npz",
+) -> Path:
     """Write a FAKE run directory (config.yaml, metrics.jsonl, eval.jsonl, dist/) for tests."""
     rng = np.random.default_rng(seed)
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(
-        {"name": name, "method": {"spec": method}, "train": {"seed": seed}}))
+    (run_dir / "config.yaml").write_text(
+        yaml.safe_dump({"name": name, "method": {"spec": method}, "train": {"seed": seed}})
+    )
     with open(run_dir / "metrics.jsonl", "w") as f:
         for step in range(1, steps + 1):
-            level = (0.15 + 1.05 * math.exp(-step / 20)) if collapse else (1.2 - 0.25 * step / steps)
-            row = {"step": step, "entropy/mean": level + 0.02 * rng.standard_normal(),
-                   "reward/mean": rng.binomial(64, 0.2 + 0.5 * step / steps) / 64,
-                   "loss/clip_frac_low": 0.0, "loss/clip_frac_high": 0.0}
+            level = (
+                (0.15 + 1.05 * math.exp(-step / 20)) if collapse else (1.2 - 0.25 * step / steps)
+            )
+            row = {
+                "step": step,
+                "entropy/mean": level + 0.02 * rng.standard_normal(),
+                "reward/mean": rng.binomial(64, 0.2 + 0.5 * step / steps) / 64,
+                "loss/clip_frac_low": 0.0,
+                "loss/clip_frac_high": 0.0,
+            }
             if "clip_b" in method:
                 row["clip_b/frac_dropped"] = float(rng.uniform(0.005, 0.03))
             if "clip_v" in method:  # the released cap: at most max(floor(1e-4 n), 1) tokens
@@ -98,17 +125,22 @@ def write_fake_run(run_dir: Path, *, name: str, method: str, seed: int, steps: i
             else:
                 import torch
 
-                torch.save({k: torch.from_numpy(v) for k, v in arrays.items()},
-                           run_dir / "dist" / f"step-{step}.pt")
+                torch.save(
+                    {k: torch.from_numpy(v) for k, v in arrays.items()},
+                    run_dir / "dist" / f"step-{step}.pt",
+                )
     return run_dir
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("runs")
-    return [write_fake_run(root / "grpo", name="grpo", method="grpo", seed=1),
-            write_fake_run(root / "clip_b", name="clip_b", method="grpo + clip_b(mu=2.5)",
-                           seed=1, collapse=False)]
+    return [
+        write_fake_run(root / "grpo", name="grpo", method="grpo", seed=1),
+        write_fake_run(
+            root / "clip_b", name="clip_b", method="grpo + clip_b(mu=2.5)", seed=1, collapse=False
+        ),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +210,9 @@ def test_summary_table_equals_the_last_logged_values(two_runs):
 def test_missing_metrics_skip_figures_with_notes(tmp_path):
     run = tmp_path / "bare"
     run.mkdir()
-    (run / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": s, "entropy/mean": 1.0 - 0.1 * s}) + "\n" for s in range(1, 6)))
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "entropy/mean": 1.0 - 0.1 * s}) + "\n" for s in range(1, 6))
+    )
     md = write_report([run], tmp_path / "out")
     text = md.read_text()
     assert (tmp_path / "out" / "figures" / "entropy.png").stat().st_size > 0
@@ -200,7 +233,8 @@ def test_broken_lines_and_non_finite_values_are_skipped(tmp_path):
         '{"step": 1, "entropy/mean": 1.5, "reward/mean": null}\n'
         '{"step": 2, "entropy/mean": NaN, "reward/mean": 0.25}\n'
         '{"step": 3, "entropy": {"mean": 1.25}}\n'
-        '{"step": 4, "entropy/me')  # torn last line after kill -9
+        '{"step": 4, "entropy/me'
+    )  # torn last line after kill -9
     loaded = load_run(run)
     assert [r["step"] for r in loaded.metrics] == [1, 2, 3]
     steps, values = loaded.series("entropy/mean")
@@ -222,22 +256,29 @@ def test_a_directory_that_is_not_a_run_is_a_value_error(tmp_path, bad):
 
 
 def test_duplicate_run_names_are_made_unique(tmp_path):
-    dirs = [write_fake_run(tmp_path / parent / "run", name="same", method="grpo", seed=2,
-                           steps=5, dist=None) for parent in ("a", "b")]
+    dirs = [
+        write_fake_run(
+            tmp_path / parent / "run", name="same", method="grpo", seed=2, steps=5, dist=None
+        )
+        for parent in ("a", "b")
+    ]
     assert [row["name"] for row in summary_table(dirs)] == ["a/same", "b/same"]
 
 
 def test_identical_runs_are_named_in_a_note(tmp_path):
-    dirs = [write_fake_run(tmp_path / name, name=name, method="grpo", seed=4, steps=10, dist=None)
-            for name in ("first", "second")]
+    dirs = [
+        write_fake_run(tmp_path / name, name=name, method="grpo", seed=4, steps=10, dist=None)
+        for name in ("first", "second")
+    ]
     text = write_report(dirs, tmp_path / "out").read_text()
-    assert ("first, second have identical 'entropy/mean'; their marks overlap and only second "
-            "is visible") in text
+    assert (
+        "first, second have identical 'entropy/mean'; their marks overlap and only second "
+        "is visible"
+    ) in text
 
 
 def test_pt_distribution_is_read_like_npz(tmp_path):
-    run_dir = write_fake_run(tmp_path / "pt", name="pt", method="grpo", seed=3, steps=10,
-                             dist="pt")
+    run_dir = write_fake_run(tmp_path / "pt", name="pt", method="grpo", seed=3, steps=10, dist="pt")
     run = load_run(run_dir)
     assert run.dist_step == 10
     assert set(run.dist) == {"discriminator", "baseline", "advantages", "entropy"}
@@ -270,18 +311,26 @@ def test_discriminator_histograms_split_tokens_by_advantage_sign(two_runs):
         n_pos, n_neg = int((A > 0).sum()), int((A < 0).sum())
         S = run.dist["discriminator"]
         pos_up, neg_up = 100 * (S[A > 0] > 0).mean(), 100 * (S[A < 0] > 0).mean()
-        pos_label, neg_label = (t.get_text() for ax in fig.axes[:2]
-                                for t in ax.get_legend().get_texts() if run.name in t.get_text())
+        pos_label, neg_label = (
+            t.get_text()
+            for ax in fig.axes[:2]
+            for t in ax.get_legend().get_texts()
+            if run.name in t.get_text()
+        )
         dropped = ""
         if "keep" in run.dist:
             dropped_pos = int(((A > 0) & (run.dist["keep"] == 0)).sum())
             dropped_neg = int(((A < 0) & (run.dist["keep"] == 0)).sum())
             assert dropped_pos == 0 < dropped_neg  # the fake plan drops only A < 0 tokens
             dropped = f", {dropped_pos} dropped", f", {dropped_neg} dropped"
-        assert pos_label == (f"{run.name} (step 60): {n_pos} tokens, {pos_up:.0f}% > 0"
-                             + (dropped[0] if dropped else ""))
-        assert neg_label == (f"{run.name} (step 60): {n_neg} tokens, {neg_up:.0f}% > 0"
-                             + (dropped[1] if dropped else ""))
+        assert pos_label == (
+            f"{run.name} (step 60): {n_pos} tokens, {pos_up:.0f}% > 0"
+            + (dropped[0] if dropped else "")
+        )
+        assert neg_label == (
+            f"{run.name} (step 60): {n_neg} tokens, {neg_up:.0f}% > 0"
+            + (dropped[1] if dropped else "")
+        )
         if (A == 0).any():
             assert f"{run.name}: {int((A == 0).sum())} token(s) with A = 0" in " ".join(notes)
 
@@ -306,10 +355,12 @@ def test_each_run_keeps_its_colour_across_figures(two_runs):
     assert colors["grpo"] != colors["clip_b"]
     entropy_fig, _ = draw_entropy(runs, colors)
     drop_fig, _ = draw_drop_fractions(runs, colors)
-    entropy_lines = {line.get_label(): to_rgba(line.get_color())
-                     for line in entropy_fig.axes[0].get_lines()}
-    drop_lines = {line.get_label(): to_rgba(line.get_color())
-                  for line in drop_fig.axes[0].get_lines()}
+    entropy_lines = {
+        line.get_label(): to_rgba(line.get_color()) for line in entropy_fig.axes[0].get_lines()
+    }
+    drop_lines = {
+        line.get_label(): to_rgba(line.get_color()) for line in drop_fig.axes[0].get_lines()
+    }
     assert entropy_lines == {"grpo": colors["grpo"], "clip_b": colors["clip_b"]}
     assert drop_lines == {"clip_b": colors["clip_b"]}  # only Clip_B logs clip_b/frac_dropped
 
@@ -318,8 +369,11 @@ def test_non_finite_tokens_of_a_dist_file_are_left_out(tmp_path):
     run_dir = tmp_path / "nan"
     (run_dir / "dist").mkdir(parents=True)
     (run_dir / "metrics.jsonl").write_text('{"step": 1, "entropy/mean": 1.0}\n')
-    np.savez(run_dir / "dist" / "step-1.npz", discriminator=np.array([0.1, np.nan, 0.3, 0.2]),
-             advantages=np.array([1.0, 1.0, np.inf, -1.0]))
+    np.savez(
+        run_dir / "dist" / "step-1.npz",
+        discriminator=np.array([0.1, np.nan, 0.3, 0.2]),
+        advantages=np.array([1.0, 1.0, np.inf, -1.0]),
+    )
     run = load_run(run_dir)
     assert run.dist["discriminator"].tolist() == [0.1, 0.2]
     assert run.dist["advantages"].tolist() == [1.0, -1.0]

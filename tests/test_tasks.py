@@ -16,8 +16,17 @@ from entropy_dynamics.tasks.base import collect_split, split_of, stable_hash
 
 
 def test_registry_names_and_unknown_name():
-    assert tasks.names() == sorted(["arithmetic", "basic_arithmetic", "chain_sum", "countdown",
-                                    "gsm_symbolic", "jsonl", "math"])
+    assert tasks.names() == sorted(
+        [
+            "arithmetic",
+            "basic_arithmetic",
+            "chain_sum",
+            "countdown",
+            "gsm_symbolic",
+            "jsonl",
+            "math",
+        ]
+    )
     with pytest.raises(ValueError, match=r"unknown task 'nope'.*'arithmetic'.*'math'"):
         tasks.get("nope")
 
@@ -54,9 +63,15 @@ class _Scripted(Task):
 
 @pytest.mark.parametrize(
     ("outcome", "expected"),
-    [(1.0, (1.0, None)), (0.25, (0.25, None)), (RewardTimeout("slow"), (0.0, "timeout")),
-     (KeyError("boom"), (0.0, "error")), (math.nan, (0.0, "error")), (1.5, (0.0, "error")),
-     (-0.1, (0.0, "error"))],
+    [
+        (1.0, (1.0, None)),
+        (0.25, (0.25, None)),
+        (RewardTimeout("slow"), (0.0, "timeout")),
+        (KeyError("boom"), (0.0, "error")),
+        (math.nan, (0.0, "error")),
+        (1.5, (0.0, "error")),
+        (-0.1, (0.0, "error")),
+    ],
 )
 def test_safe_reward_turns_failures_into_zero_and_a_label(outcome, expected):
     result = safe_reward(_Scripted(outcome), Problem("p", "a"), "c")
@@ -100,11 +115,13 @@ def test_collect_split_raises_when_the_split_is_too_small():
 
 @pytest.mark.parametrize(
     ("operands", "operators", "value"),
-    [([2, 3, 4], ["+", "*"], 14),      # 2 + (3 * 4)
-     ([10, 2, 3], ["-", "-"], 5),      # (10 - 2) - 3, left to right
-     ([2, 3, 4, 5], ["*", "+", "*"], 26),  # 6 + 20
-     ([7, 8], ["-"], -1),
-     ([9, 0, 5], ["*", "-"], -5)],     # 0 - 5
+    [
+        ([2, 3, 4], ["+", "*"], 14),  # 2 + (3 * 4)
+        ([10, 2, 3], ["-", "-"], 5),  # (10 - 2) - 3, left to right
+        ([2, 3, 4, 5], ["*", "+", "*"], 26),  # 6 + 20
+        ([7, 8], ["-"], -1),
+        ([9, 0, 5], ["*", "-"], -5),
+    ],  # 0 - 5
 )
 def test_evaluate_by_hand(operands, operators, value):
     assert evaluate(operands, operators) == value
@@ -112,8 +129,17 @@ def test_evaluate_by_hand(operands, operators, value):
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [(" 19\n", 19), ("x = -4.", -4), ("19.5", 19), ("1 9", 1), ("abc", None), ("", None),
-     ("= 0042", 42), ("-", None), ("a-7b", -7)],
+    [
+        (" 19\n", 19),
+        ("x = -4.", -4),
+        ("19.5", 19),
+        ("1 9", 1),
+        ("abc", None),
+        ("", None),
+        ("= 0042", 42),
+        ("-", None),
+        ("a-7b", -7),
+    ],
 )
 def test_first_integer(text, value):
     assert first_integer(text) == value
@@ -172,9 +198,18 @@ def test_arithmetic_strict_reward_needs_exactly_the_answer():
     strict = ArithmeticTask(digits=2, ops="-", terms=2, strict=True)
     problem = Problem("10-98=", "-88")
     # completion -> (loose reward, strict reward): the loose one reads only the first integer.
-    cases = {"-88": (1.0, 1.0), " -88\n": (1.0, 1.0), "-88x": (1.0, 0.0), "-88 -88": (1.0, 0.0),
-             "-88.": (1.0, 0.0), "=-88": (1.0, 0.0), "- 88": (0.0, 0.0), "88": (0.0, 0.0),
-             "-8": (0.0, 0.0), "": (0.0, 0.0)}
+    cases = {
+        "-88": (1.0, 1.0),
+        " -88\n": (1.0, 1.0),
+        "-88x": (1.0, 0.0),
+        "-88 -88": (1.0, 0.0),
+        "-88.": (1.0, 0.0),
+        "=-88": (1.0, 0.0),
+        "- 88": (0.0, 0.0),
+        "88": (0.0, 0.0),
+        "-8": (0.0, 0.0),
+        "": (0.0, 0.0),
+    }
     for completion, (want_loose, want_strict) in cases.items():
         assert loose.reward(problem, completion) == want_loose, completion
         assert strict.reward(problem, completion) == want_strict, completion
@@ -187,8 +222,14 @@ def test_arithmetic_strict_reward_needs_exactly_the_answer():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"digits": 0}, "digits"), ({"strict": 1}, "strict"), ({"terms": 1}, "terms"), ({"ops": "/"}, "ops"),
-     ({"ops": ""}, "ops"), ({"test_fraction": 1.0}, "test_fraction")],
+    [
+        ({"digits": 0}, "digits"),
+        ({"strict": 1}, "strict"),
+        ({"terms": 1}, "terms"),
+        ({"ops": "/"}, "ops"),
+        ({"ops": ""}, "ops"),
+        ({"test_fraction": 1.0}, "test_fraction"),
+    ],
 )
 def test_arithmetic_rejects_bad_knobs(kwargs, message):
     with pytest.raises(ValueError, match=message):

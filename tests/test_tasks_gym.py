@@ -45,8 +45,12 @@ def test_gym_reward_reads_the_last_answer_tag(gym_task):
 
 @pytest.mark.parametrize(
     ("completion", "answer"),
-    [("<answer>42</answer>", "42"), ("a <answer>1</answer> b <answer>\n2 \n</answer>", "2"),
-     ("  plain 7 \n", "plain 7"), ("<answer>unclosed", "<answer>unclosed")],
+    [
+        ("<answer>42</answer>", "42"),
+        ("a <answer>1</answer> b <answer>\n2 \n</answer>", "2"),
+        ("  plain 7 \n", "plain 7"),
+        ("<answer>unclosed", "<answer>unclosed"),
+    ],
 )
 def test_extract_tagged_answer(completion, answer):
     assert extract_tagged_answer(completion) == answer

@@ -18,8 +18,7 @@ def _write_jsonl(path, records):
 
 @pytest.fixture
 def data_file(tmp_path):
-    records = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i), "id": i}
-               for i in range(200)]
+    records = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i), "id": i} for i in range(200)]
     return _write_jsonl(tmp_path / "data.jsonl", records)
 
 
@@ -72,10 +71,11 @@ def test_exact_grader(data_file):
 
 def test_math_verify_grader(tmp_path):
     pytest.importorskip("math_verify")
-    records = [{"prompt": "Half of one?", "answer": r"\frac{1}{2}"},
-               {"prompt": "Two plus two?", "answer": "4"}]
-    task = JsonlTask(_write_jsonl(tmp_path / "m.jsonl", records), test_fraction=0.5,
-                     timeout_s=None)
+    records = [
+        {"prompt": "Half of one?", "answer": r"\frac{1}{2}"},
+        {"prompt": "Two plus two?", "answer": "4"},
+    ]
+    task = JsonlTask(_write_jsonl(tmp_path / "m.jsonl", records), test_fraction=0.5, timeout_s=None)
     for problem in task.splits["train"] + task.splits["test"]:
         assert task.reward(problem, task.reference(problem)) == 1.0
         assert task.reward(problem, r"\boxed{7}") == 0.0
@@ -96,15 +96,19 @@ def test_parquet_and_json_files_through_datasets(tmp_path):
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [('{"prompt": "p"}\n', r"record 1: missing key\(s\) \['answer'\]"),
-     ('{"prompt": "p", "answer": "1"}\n{"question": "q", "answer": "2"}\n',
-      r"record 2: missing key\(s\) \['prompt'\].*got keys \['answer', 'question'\]"),
-     ('{"prompt": "", "answer": "1"}\n', "'prompt' must be a non-empty string"),
-     ('{"prompt": 3, "answer": "1"}\n', "'prompt' must be a non-empty string"),
-     ('{"prompt": "p", "answer": [1]}\n', "'answer' must be a string or a number, got list"),
-     ('{"prompt": "p", "answer": "1"}\n{oops\n', r"d.jsonl:2: not valid JSON"),
-     ('["p", "1"]\n', "d.jsonl:1: each line must be a JSON object, got list"),
-     ("\n\n", "holds no records")],
+    [
+        ('{"prompt": "p"}\n', r"record 1: missing key\(s\) \['answer'\]"),
+        (
+            '{"prompt": "p", "answer": "1"}\n{"question": "q", "answer": "2"}\n',
+            r"record 2: missing key\(s\) \['prompt'\].*got keys \['answer', 'question'\]",
+        ),
+        ('{"prompt": "", "answer": "1"}\n', "'prompt' must be a non-empty string"),
+        ('{"prompt": 3, "answer": "1"}\n', "'prompt' must be a non-empty string"),
+        ('{"prompt": "p", "answer": [1]}\n', "'answer' must be a string or a number, got list"),
+        ('{"prompt": "p", "answer": "1"}\n{oops\n', r"d.jsonl:2: not valid JSON"),
+        ('["p", "1"]\n', "d.jsonl:1: each line must be a JSON object, got list"),
+        ("\n\n", "holds no records"),
+    ],
 )
 def test_schema_errors_are_clear(tmp_path, content, message):
     path = tmp_path / "d.jsonl"

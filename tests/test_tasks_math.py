@@ -29,10 +29,17 @@ def verifier():
 
 @pytest.mark.parametrize(
     ("answer", "completion", "reward"),
-    [(r"\frac{11}{12}", "11/12", 1.0), (r"\frac{11}{12}", r"so \boxed{\frac{22}{24}}", 1.0),
-     (r"\frac{11}{12}", "0.916667", 1.0), (r"\frac{11}{12}", "12/11", 0.0),
-     ("72", "The answer is 72.", 1.0), ("72", "71", 0.0), ("72", "", 0.0),
-     ("-3", r"$x = -3$", 1.0), ("-3", "3", 0.0)],
+    [
+        (r"\frac{11}{12}", "11/12", 1.0),
+        (r"\frac{11}{12}", r"so \boxed{\frac{22}{24}}", 1.0),
+        (r"\frac{11}{12}", "0.916667", 1.0),
+        (r"\frac{11}{12}", "12/11", 0.0),
+        ("72", "The answer is 72.", 1.0),
+        ("72", "71", 0.0),
+        ("72", "", 0.0),
+        ("-3", r"$x = -3$", 1.0),
+        ("-3", "3", 0.0),
+    ],
 )
 def test_math_verify_equivalent_forms(answer, completion, reward):
     assert float(math_verify_match(answer, completion)) == reward
@@ -79,8 +86,11 @@ def test_worker_interrupted_mid_call_is_replaced(monkeypatch):
     worker = IsolatedWorker(timeout_s=20.0)
     try:
         assert worker.call(divmod, 9, 4) == (2, 1)
-        monkeypatch.setattr(IsolatedWorker, "_wait", staticmethod(
-            lambda process, timeout_s: (_ for _ in ()).throw(KeyboardInterrupt)))
+        monkeypatch.setattr(
+            IsolatedWorker,
+            "_wait",
+            staticmethod(lambda process, timeout_s: (_ for _ in ()).throw(KeyboardInterrupt)),
+        )
         with pytest.raises(KeyboardInterrupt):
             worker.call(divmod, 1, 1)  # its reply must not be read as the next call's
         monkeypatch.undo()
@@ -92,12 +102,21 @@ def test_worker_interrupted_mid_call_is_replaced(monkeypatch):
 def test_worker_does_not_import_torch_or_the_package_root():
     worker = IsolatedWorker(timeout_s=20.0)
     try:
-        loaded = worker.call(eval, "sorted(m for m in __import__('sys').modules "
-                                   "if m == 'torch' or m.startswith('entropy_dynamics'))")
-        assert loaded == ["entropy_dynamics", "entropy_dynamics.tasks",
-                          "entropy_dynamics.tasks.arithmetic", "entropy_dynamics.tasks.base",
-                          "entropy_dynamics.tasks.gym", "entropy_dynamics.tasks.isolated",
-                          "entropy_dynamics.tasks.jsonl", "entropy_dynamics.tasks.math_answers"]
+        loaded = worker.call(
+            eval,
+            "sorted(m for m in __import__('sys').modules "
+            "if m == 'torch' or m.startswith('entropy_dynamics'))",
+        )
+        assert loaded == [
+            "entropy_dynamics",
+            "entropy_dynamics.tasks",
+            "entropy_dynamics.tasks.arithmetic",
+            "entropy_dynamics.tasks.base",
+            "entropy_dynamics.tasks.gym",
+            "entropy_dynamics.tasks.isolated",
+            "entropy_dynamics.tasks.jsonl",
+            "entropy_dynamics.tasks.math_answers",
+        ]
     finally:
         worker.close()
 
@@ -112,8 +131,12 @@ def test_worker_pickles_without_its_process():
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(Fraction(3), "3"), (Fraction(11, 12), r"\frac{11}{12}"), (Fraction(-1, 2), r"-\frac{1}{2}"),
-     (Fraction(0), "0")],
+    [
+        (Fraction(3), "3"),
+        (Fraction(11, 12), r"\frac{11}{12}"),
+        (Fraction(-1, 2), r"-\frac{1}{2}"),
+        (Fraction(0), "0"),
+    ],
 )
 def test_latex_number(value, text):
     assert latex_number(value) == text
@@ -121,7 +144,9 @@ def test_latex_number(value, text):
 
 def _solve_from_prompt(prompt: str) -> Fraction:
     """Independent reading of a generated prompt: parse its numbers and compute the answer."""
-    fraction = re.search(r"\\frac\{(\d+)\}\{(\d+)\} (\+|-|\\times) \\frac\{(\d+)\}\{(\d+)\}", prompt)
+    fraction = re.search(
+        r"\\frac\{(\d+)\}\{(\d+)\} (\+|-|\\times) \\frac\{(\d+)\}\{(\d+)\}", prompt
+    )
     if fraction:
         a, b, op, c, d = fraction.groups()
         left, right = Fraction(int(a), int(b)), Fraction(int(c), int(d))

@@ -182,14 +182,19 @@ def test_leading_dims_and_tensor_steps():
         (lambda: th.entropy(torch.tensor([1.0, float("nan")])), "NaN"),
         (lambda: th.entropy(torch.tensor([1, 2])), "floating-point"),
         (lambda: th.entropy(torch.tensor([float("-inf")] * 3)), "every entry is -inf"),
-        (lambda: th.predict_single_logit_change(torch.zeros(2, 4), torch.tensor([0, 4]), 0.1),
-         r"\[0, 4\)"),
-        (lambda: th.predict_single_logit_change(torch.zeros(2, 4), torch.tensor([0]), 0.1),
-         "token shape"),
-        (lambda: th.predict_entropy_change(torch.zeros(2, 4), torch.zeros(2, 3)),
-         "delta_logits shape"),
-        (lambda: th.predict_grpo_step_change(torch.zeros(4), torch.tensor(1.0), 0.1),
-         "integer"),
+        (
+            lambda: th.predict_single_logit_change(torch.zeros(2, 4), torch.tensor([0, 4]), 0.1),
+            r"\[0, 4\)",
+        ),
+        (
+            lambda: th.predict_single_logit_change(torch.zeros(2, 4), torch.tensor([0]), 0.1),
+            "token shape",
+        ),
+        (
+            lambda: th.predict_entropy_change(torch.zeros(2, 4), torch.zeros(2, 3)),
+            "delta_logits shape",
+        ),
+        (lambda: th.predict_grpo_step_change(torch.zeros(4), torch.tensor(1.0), 0.1), "integer"),
     ],
 )
 def test_bad_input_is_explained(call, match):

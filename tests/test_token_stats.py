@@ -225,8 +225,9 @@ def test_agrees_with_theory_module():
     s_all = theory.discriminator(z)
     torch.testing.assert_close(stats.entropy, theory.entropy(z), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(stats.baseline, theory.vocab_baseline(z), rtol=1e-4, atol=1e-7)
-    torch.testing.assert_close(stats.discriminator, s_all.gather(-1, labels[..., None])[..., 0],
-                               rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(
+        stats.discriminator, s_all.gather(-1, labels[..., None])[..., 0], rtol=1e-4, atol=1e-7
+    )
 
 
 def test_discriminator_from_logprobs_matches_token_stats():

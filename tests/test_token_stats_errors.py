@@ -58,8 +58,9 @@ def test_bad_temperature(temperature):
     with pytest.raises(ValueError, match=r"temperature must be a finite number > 0"):
         token_stats(*good(), temperature=temperature)
     with pytest.raises(ValueError, match=r"temperature must be a finite number > 0"):
-        token_stats_from_hidden(torch.randn(B, T, D), torch.randn(V, D), good()[1],
-                                temperature=temperature)
+        token_stats_from_hidden(
+            torch.randn(B, T, D), torch.randn(V, D), good()[1], temperature=temperature
+        )
 
 
 @pytest.mark.parametrize("chunk_size", [0, -3, 2.0, True])
@@ -67,8 +68,9 @@ def test_bad_chunk_size(chunk_size):
     with pytest.raises(ValueError, match=r"chunk_size must be a positive int"):
         token_stats(*good(), chunk_size=chunk_size)
     with pytest.raises(ValueError, match=r"chunk_size must be a positive int"):
-        token_stats_from_hidden(torch.randn(B, T, D), torch.randn(V, D), good()[1],
-                                chunk_size=chunk_size)
+        token_stats_from_hidden(
+            torch.randn(B, T, D), torch.randn(V, D), good()[1], chunk_size=chunk_size
+        )
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ def test_gradcheck_logits_path():
     mask = torch.ones(2, 4, dtype=torch.bool)
     mask[1, 3] = False
     for temperature in (1.0, 0.7):
+
         def fn(z, temperature=temperature):
             stats = token_stats(z, labels, temperature=temperature, chunk_size=3, mask=mask)
             return stats.logprobs, stats.entropy
@@ -104,8 +105,9 @@ def test_entropy_gradient_is_minus_the_discriminator():
     logits = row.expand(1, 1, vocab).clone().requires_grad_()
     token_stats(logits, torch.zeros(1, 1, dtype=torch.long)).entropy.sum().backward()
     every_label = token_stats(row.expand(1, vocab, vocab), torch.arange(vocab)[None])
-    torch.testing.assert_close(-logits.grad[0, 0], every_label.discriminator[0],
-                               rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        -logits.grad[0, 0], every_label.discriminator[0], rtol=1e-9, atol=1e-12
+    )
 
 
 def test_from_hidden_equals_logits_path():
@@ -118,8 +120,9 @@ def test_from_hidden_equals_logits_path():
     labels[~mask] = -100
     want = token_stats(hidden @ weight.T + bias, labels, temperature=0.9)
     for chunk in (1, 4, None):
-        got = token_stats_from_hidden(hidden, weight, labels, bias=bias, temperature=0.9,
-                                      chunk_size=chunk)
+        got = token_stats_from_hidden(
+            hidden, weight, labels, bias=bias, temperature=0.9, chunk_size=chunk
+        )
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
             assert (a[~mask] == 0).all()
@@ -132,8 +135,9 @@ def test_from_hidden_grads_equal_autograd_through_naive_formula():
     bias = torch.randn(257, generator=gen).requires_grad_()
     labels = torch.randint(0, 257, (2, 6), generator=gen)
     g_lp, g_h = torch.randn(2, 6, generator=gen), torch.randn(2, 6, generator=gen)
-    stats = token_stats_from_hidden(hidden, weight, labels, bias=bias, temperature=1.4,
-                                    chunk_size=5)
+    stats = token_stats_from_hidden(
+        hidden, weight, labels, bias=bias, temperature=1.4, chunk_size=5
+    )
     weighted_loss(stats, g_lp, g_h).backward()
     ours = [t.grad for t in (hidden, weight, bias)]
     for t in (hidden, weight, bias):

@@ -84,8 +84,14 @@ class LogitsStats(torch.autograd.Function):
             rows = slice(chunk.packed, chunk.packed + chunk.rows)
             label_logits[rows] = z.gather(1, labels[rows, None]).squeeze(1)
 
-        run_chunks(chunks, body, rows=min(chunk_rows, max(n, 1)), vocab_size=vocab, dtype=cdtype,
-                   device=logits.device)
+        run_chunks(
+            chunks,
+            body,
+            rows=min(chunk_rows, max(n, 1)),
+            vocab_size=vocab,
+            dtype=cdtype,
+            device=logits.device,
+        )
         log_s, mean_x, *stats = _finish(sums, label_logits, inv_tau)
         _check_finite(valid, *stats)
         shape = logits.shape[:-1]
@@ -112,8 +118,14 @@ class LogitsStats(torch.autograd.Function):
             out = grad_rows.narrow(0, chunk.flat, chunk.rows)
             chunk_grad(z, chunk.packed, labels, m, log_s, *coefs, out, work, ctx.inv_tau)
 
-        run_chunks(ctx.chunks, body, rows=min(ctx.chunk_rows, max(n, 1)), vocab_size=vocab,
-                   dtype=m.dtype, device=logits.device)
+        run_chunks(
+            ctx.chunks,
+            body,
+            rows=min(ctx.chunk_rows, max(n, 1)),
+            vocab_size=vocab,
+            dtype=m.dtype,
+            device=logits.device,
+        )
         return grad, None, None, None, None, None, None
 
 
@@ -138,8 +150,14 @@ def _block_stats(logits, start, sums, inv_tau, chunk_rows, dtype) -> None:
     def body(chunk: Chunk, work: Workspace) -> None:
         chunk_stats(logits.narrow(0, chunk.local, chunk.rows), chunk.packed, sums, work, inv_tau)
 
-    run_chunks(_inner_chunks(start, logits.shape[0], chunk_rows), body, rows=chunk_rows,
-               vocab_size=logits.shape[1], dtype=dtype, device=logits.device)
+    run_chunks(
+        _inner_chunks(start, logits.shape[0], chunk_rows),
+        body,
+        rows=chunk_rows,
+        vocab_size=logits.shape[1],
+        dtype=dtype,
+        device=logits.device,
+    )
 
 
 def _block_grad(logits, grad_logits, start, per_row, inv_tau, chunk_rows, dtype) -> None:
@@ -148,8 +166,14 @@ def _block_grad(logits, grad_logits, start, per_row, inv_tau, chunk_rows, dtype)
         out = grad_logits.narrow(0, chunk.local, chunk.rows)
         chunk_grad(z, chunk.packed, *per_row, out, work, inv_tau)
 
-    run_chunks(_inner_chunks(start, logits.shape[0], chunk_rows), body, rows=chunk_rows,
-               vocab_size=logits.shape[1], dtype=dtype, device=logits.device)
+    run_chunks(
+        _inner_chunks(start, logits.shape[0], chunk_rows),
+        body,
+        rows=chunk_rows,
+        vocab_size=logits.shape[1],
+        dtype=dtype,
+        device=logits.device,
+    )
 
 
 class HiddenStats(torch.autograd.Function):

@@ -184,8 +184,11 @@ def row_blocks(logits: Tensor) -> list[tuple[int, Tensor]]:
 
 def valid_runs(valid: Tensor) -> list[tuple[int, int]]:
     """`[start, end)` ranges of consecutive True entries of the 1-D bool tensor `valid`."""
-    edges = torch.diff(valid.to(torch.int8), prepend=valid.new_zeros(1, dtype=torch.int8),
-                       append=valid.new_zeros(1, dtype=torch.int8))
+    edges = torch.diff(
+        valid.to(torch.int8),
+        prepend=valid.new_zeros(1, dtype=torch.int8),
+        append=valid.new_zeros(1, dtype=torch.int8),
+    )
     starts = (edges == 1).nonzero().flatten().tolist()
     ends = (edges == -1).nonzero().flatten().tolist()
     return list(zip(starts, ends, strict=True))

@@ -56,7 +56,9 @@ def _normaliser(value, fallback: Tensor, name: str, like: Tensor) -> Tensor:
         raise ValueError(f"{name} must be a number or 0-dim tensor >= 0, got {value!r}")
     value = torch.as_tensor(value).to(dtype=like.dtype, device=like.device)
     if value.dim() != 0:
-        raise ValueError(f"{name} must be a 0-dim tensor or a number, got shape {tuple(value.shape)}")
+        raise ValueError(
+            f"{name} must be a 0-dim tensor or a number, got shape {tuple(value.shape)}"
+        )
     # A zero count means no valid token anywhere, so the numerator is 0 too: 0 / 1 = 0, not NaN.
     return value.clamp(min=1)
 
@@ -102,15 +104,20 @@ def aggregate(
     _check_mask(mask)
     if not isinstance(loss, Tensor) or loss.shape != mask.shape:
         got = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-        raise ValueError(f"loss must be a tensor of the mask's shape {tuple(mask.shape)}, got {got}")
+        raise ValueError(
+            f"loss must be a tensor of the mask's shape {tuple(mask.shape)}, got {got}"
+        )
     if mode not in MODES:
         raise ValueError(f"unknown aggregation mode {mode!r}; valid modes: {', '.join(MODES)}")
-    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int)
-                                or max_len < 1):
+    if max_len is not None and (
+        isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1
+    ):
         raise ValueError(f"max_len must be an int >= 1, got {max_len!r}")
     if mode == "seq-mean-token-sum-norm" and max_len is None:
-        raise ValueError("mode 'seq-mean-token-sum-norm' needs max_len (the fixed length, e.g. "
-                         "the generation budget, that each sequence's token sum is divided by)")
+        raise ValueError(
+            "mode 'seq-mean-token-sum-norm' needs max_len (the fixed length, e.g. "
+            "the generation budget, that each sequence's token sum is divided by)"
+        )
 
     if not loss.is_floating_point() or loss.dtype not in (torch.float32, torch.float64):
         loss = loss.float()

@@ -150,7 +150,9 @@ LOSS_TOTAL = "loss/total"  # the aggregated loss that was minimised
 LOSS_NONFINITE = "loss/nonfinite"  # 1 on a step skipped for a non-finite loss or gradient
 OPTIM_GRAD_NORM = "optim/grad_norm"  # global gradient norm before clipping
 OPTIM_LR = "optim/lr"  # learning rate used at this step
-ENTROPY_MEASURED_DELTA = "entropy/measured_delta"  # probe: mean H(after) - H(before), same positions
+ENTROPY_MEASURED_DELTA = (
+    "entropy/measured_delta"  # probe: mean H(after) - H(before), same positions
+)
 ENTROPY_PRED_DELTA_LOGIT = "entropy/pred_delta_logit"  # probe: mean -sum_j S_j dz_j (measured dz)
 # The probe logs PRED_DELTA ("entropy/pred_delta") as the batch MEAN of -alpha_t (S_t - N_t) with
 # the nominal step alpha_t = lr r_t A_t (keep * weight of the plan).

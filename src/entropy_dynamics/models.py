@@ -103,9 +103,13 @@ def build_tiny_model(
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers),
-                        ("num_heads", num_heads), ("intermediate_size", intermediate_size),
-                        ("max_position", max_position)):
+    for name, value in (
+        ("hidden_size", hidden_size),
+        ("num_layers", num_layers),
+        ("num_heads", num_heads),
+        ("intermediate_size", intermediate_size),
+        ("max_position", max_position),
+    ):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if hidden_size % num_heads:
@@ -152,7 +156,9 @@ def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, device:
             f"got {name_or_path!r}"
         )
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}")
+        raise ValueError(
+            f"dtype must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}"
+        )
     if name_or_path == "tiny":
         tokenizer = build_char_tokenizer()
         model = build_tiny_model(tokenizer)
@@ -382,7 +388,9 @@ def model_hidden(
             )
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     outputs = model.base_model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
         use_cache=False,
     )
     return outputs.last_hidden_state

@@ -38,13 +38,17 @@ __all__ = [
 def _check_logits(logits: Tensor, name: str = "logits") -> Tensor:
     """Validate `logits [..., V]` and return them in the computation dtype (fp32, or fp64)."""
     if not isinstance(logits, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape [..., V], got {type(logits).__name__}")
+        raise ValueError(
+            f"{name} must be a torch.Tensor of shape [..., V], got {type(logits).__name__}"
+        )
     if not logits.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {logits.dtype}")
     if logits.dim() == 0 or logits.shape[-1] == 0:
         raise ValueError(f"{name} must have shape [..., V] with V >= 1, got {tuple(logits.shape)}")
     if torch.isnan(logits).any() or torch.isposinf(logits).any():
-        raise ValueError(f"{name} contains NaN or +inf; only finite values or -inf (masked) are valid")
+        raise ValueError(
+            f"{name} contains NaN or +inf; only finite values or -inf (masked) are valid"
+        )
     if torch.isneginf(logits).all(dim=-1).any():
         raise ValueError(f"{name} has a row where every entry is -inf: no distribution is defined")
     return logits.double() if logits.dtype == torch.float64 else logits.float()
@@ -53,7 +57,9 @@ def _check_logits(logits: Tensor, name: str = "logits") -> Tensor:
 def _check_token(token: Tensor, logits: Tensor) -> Tensor:
     """Validate `token [...]` against `logits [..., V]` and return it as int64."""
     if not isinstance(token, Tensor) or token.dtype not in (torch.int32, torch.int64):
-        raise ValueError("token must be an integer torch.Tensor of shape [...] (the logits' leading dims)")
+        raise ValueError(
+            "token must be an integer torch.Tensor of shape [...] (the logits' leading dims)"
+        )
     if tuple(token.shape) != tuple(logits.shape[:-1]):
         raise ValueError(
             f"token shape {tuple(token.shape)} must equal the logits' leading shape "
@@ -61,7 +67,9 @@ def _check_token(token: Tensor, logits: Tensor) -> Tensor:
         )
     V = logits.shape[-1]
     if token.numel() and (token.min() < 0 or token.max() >= V):
-        raise ValueError(f"token ids must lie in [0, {V}), got range [{token.min()}, {token.max()}]")
+        raise ValueError(
+            f"token ids must lie in [0, {V}), got range [{token.min()}, {token.max()}]"
+        )
     return token.long()
 
 

@@ -92,13 +92,15 @@ def token_stats(
     """
     _check_tensor("logits", logits, "[B, T, V]", min_dim=2)
     vocab = logits.shape[-1]
-    valid, packed_labels = _check_labels(labels, logits.shape[:-1], vocab, mask, ignore_index,
-                                         logits.device)
+    valid, packed_labels = _check_labels(
+        labels, logits.shape[:-1], vocab, mask, ignore_index, logits.device
+    )
     inv_tau = _inverse_temperature(temperature)
     chunk_rows = _chunk_rows(chunk_size, logits.device, vocab)
     cdtype = compute_dtype_for(logits.dtype)
-    outputs = LogitsStats.apply(logits, packed_labels, valid, valid_runs(valid), inv_tau,
-                                chunk_rows, cdtype)
+    outputs = LogitsStats.apply(
+        logits, packed_labels, valid, valid_runs(valid), inv_tau, chunk_rows, cdtype
+    )
     return TokenStats(*outputs)
 
 
@@ -140,8 +142,10 @@ def token_stats_from_hidden(
     _check_tensor("hidden", hidden, "[B, T, D]", min_dim=2)
     _check_tensor("weight", weight, "[V, D]", min_dim=2)
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"weight must have shape [V, D] with D = hidden.shape[-1] = "
-                         f"{hidden.shape[-1]}, got {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must have shape [V, D] with D = hidden.shape[-1] = "
+            f"{hidden.shape[-1]}, got {tuple(weight.shape)}"
+        )
     _check_same("weight", weight, hidden, "hidden")
     vocab = weight.shape[0]
     if bias is not None:
@@ -149,17 +153,30 @@ def token_stats_from_hidden(
         if tuple(bias.shape) != (vocab,):
             raise ValueError(f"bias must have shape [V] = ({vocab},), got {tuple(bias.shape)}")
         _check_same("bias", bias, weight, "weight")
-    valid, packed_labels = _check_labels(labels, hidden.shape[:-1], vocab, mask, ignore_index,
-                                         hidden.device)
+    valid, packed_labels = _check_labels(
+        labels, hidden.shape[:-1], vocab, mask, ignore_index, hidden.device
+    )
     inv_tau = _inverse_temperature(temperature)
     inner_rows = default_chunk_rows(hidden.device, vocab)
-    block_rows = (default_block_rows(hidden.device, vocab) if chunk_size is None
-                  else _chunk_rows(chunk_size, hidden.device, vocab))
+    block_rows = (
+        default_block_rows(hidden.device, vocab)
+        if chunk_size is None
+        else _chunk_rows(chunk_size, hidden.device, vocab)
+    )
     rows = hidden.reshape(-1, hidden.shape[-1])  # [B*T, D]
     if packed_labels.shape[0] < valid.numel():
         rows = rows[valid]  # [n, D]: only counted positions reach the output layer
-    stats = HiddenStats.apply(rows, weight, bias, packed_labels, valid, inv_tau, block_rows,
-                              min(inner_rows, block_rows), compute_dtype_for(weight.dtype))
+    stats = HiddenStats.apply(
+        rows,
+        weight,
+        bias,
+        packed_labels,
+        valid,
+        inv_tau,
+        block_rows,
+        min(inner_rows, block_rows),
+        compute_dtype_for(weight.dtype),
+    )
     shape = hidden.shape[:-1]
     return TokenStats(*(_unpack(valid, t, shape) for t in stats))
 
@@ -173,57 +190,77 @@ def _unpack(valid: Tensor, packed: Tensor, shape: torch.Size) -> Tensor:
 
 def _check_tensor(name: str, value: object, shape: str, *, min_dim: int) -> None:
     if not isinstance(value, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape {shape}, "
-                         f"got {type(value).__name__}")
+        raise ValueError(
+            f"{name} must be a torch.Tensor of shape {shape}, got {type(value).__name__}"
+        )
     if value.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"{name} must be float16, bfloat16, float32 or float64, "
-                         f"got {value.dtype}")
+        raise ValueError(f"{name} must be float16, bfloat16, float32 or float64, got {value.dtype}")
     if value.dim() < min_dim or value.shape[-1] == 0:
-        raise ValueError(f"{name} must have shape {shape} with a non-empty last dim, "
-                         f"got {tuple(value.shape)}")
+        raise ValueError(
+            f"{name} must have shape {shape} with a non-empty last dim, got {tuple(value.shape)}"
+        )
 
 
 def _check_same(name: str, value: Tensor, other: Tensor, other_name: str) -> None:
     if value.dtype != other.dtype or value.device != other.device:
-        raise ValueError(f"{name} ({value.dtype}, {value.device}) must have the dtype and device "
-                         f"of {other_name} ({other.dtype}, {other.device})")
+        raise ValueError(
+            f"{name} ({value.dtype}, {value.device}) must have the dtype and device "
+            f"of {other_name} ({other.dtype}, {other.device})"
+        )
 
 
 def _check_labels(labels, shape, vocab, mask, ignore_index, device) -> tuple[Tensor, Tensor]:
     """Return `valid [B*T]` (bool) and the counted labels `[n]` (int64), row-major."""
-    if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.is_complex() \
-            or labels.dtype == torch.bool:
+    if (
+        not isinstance(labels, Tensor)
+        or labels.is_floating_point()
+        or labels.is_complex()
+        or labels.dtype == torch.bool
+    ):
         got = labels.dtype if isinstance(labels, Tensor) else type(labels).__name__
         raise ValueError(f"labels must be an integer torch.Tensor of shape [B, T], got {got}")
     if labels.shape != shape:
-        raise ValueError(f"labels shape {tuple(labels.shape)} must equal the leading shape "
-                         f"{tuple(shape)} of the logits / hidden states")
+        raise ValueError(
+            f"labels shape {tuple(labels.shape)} must equal the leading shape "
+            f"{tuple(shape)} of the logits / hidden states"
+        )
     if labels.device != device:
-        raise ValueError(f"labels are on {labels.device} but the logits / hidden states on {device}")
+        raise ValueError(
+            f"labels are on {labels.device} but the logits / hidden states on {device}"
+        )
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
     valid = labels != ignore_index
     if mask is not None:
         if not isinstance(mask, Tensor) or mask.is_floating_point() or mask.is_complex():
             got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
-            raise ValueError(f"mask must be a bool (or 0/1 integer) tensor of shape [B, T], "
-                             f"got {got}")
+            raise ValueError(
+                f"mask must be a bool (or 0/1 integer) tensor of shape [B, T], got {got}"
+            )
         if mask.shape != shape or mask.device != device:
-            raise ValueError(f"mask must have shape {tuple(shape)} on {device}, got "
-                             f"{tuple(mask.shape)} on {mask.device}")
+            raise ValueError(
+                f"mask must have shape {tuple(shape)} on {device}, got "
+                f"{tuple(mask.shape)} on {mask.device}"
+            )
         valid = valid & (mask != 0)
     valid = valid.reshape(-1)
     packed = labels.reshape(-1)[valid].long()
     if packed.numel() and (int(packed.min()) < 0 or int(packed.max()) >= vocab):
-        raise ValueError(f"labels at counted positions must lie in [0, V) = [0, {vocab}), got "
-                         f"values in [{int(packed.min())}, {int(packed.max())}]; mark positions "
-                         f"to skip with ignore_index={ignore_index} or the mask")
+        raise ValueError(
+            f"labels at counted positions must lie in [0, V) = [0, {vocab}), got "
+            f"values in [{int(packed.min())}, {int(packed.max())}]; mark positions "
+            f"to skip with ignore_index={ignore_index} or the mask"
+        )
     return valid, packed
 
 
 def _inverse_temperature(temperature: float) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) \
-            or not math.isfinite(temperature) or temperature <= 0:
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     return 1.0 / float(temperature)
 
@@ -232,8 +269,9 @@ def _chunk_rows(chunk_size: int | None, device: torch.device, vocab: int) -> int
     if chunk_size is None:
         return default_chunk_rows(device, vocab)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive int (rows per chunk) or None, "
-                         f"got {chunk_size!r}")
+        raise ValueError(
+            f"chunk_size must be a positive int (rows per chunk) or None, got {chunk_size!r}"
+        )
     return chunk_size
 
 

@@ -27,13 +27,18 @@ def register(subparsers) -> argparse.ArgumentParser:
         f"experiments:\n{listing}\n  {'all':15s} every experiment above, one report",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("name", choices=[*names(), "all"], metavar="NAME",
-                        help=f"one of: {', '.join(names())}, all")
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes (seconds each; what the test suite runs)")
-    parser.add_argument("--out", default="runs/reproduce", metavar="DIR",
-                        help="output folder: DIR/NAME/result.json, figures, DIR/report.md "
-                        "(default: %(default)s)")
+    parser.add_argument(
+        "name", choices=[*names(), "all"], metavar="NAME", help=f"one of: {', '.join(names())}, all"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes (seconds each; what the test suite runs)"
+    )
+    parser.add_argument(
+        "--out",
+        default="runs/reproduce",
+        metavar="DIR",
+        help="output folder: DIR/NAME/result.json, figures, DIR/report.md (default: %(default)s)",
+    )
     parser.set_defaults(func=run_from_args)
     return parser
 

@@ -51,16 +51,19 @@ class ClipObserver:
             b = self.batch
             for side in ("high", "low"):
                 cut = diag[f"clipped_{side}"] & plan.keep
-                self.records.append({
-                    "side": side,
-                    "p_old": old_logprobs[cut].exp().double().numpy(),
-                    "ratio": diag["ratio"][cut].double().numpy(),
-                    "S": b.discriminator[cut].double().numpy(),
-                    "N": b.baseline[cut].double().numpy(),
-                    "n_kept": int(plan.keep.sum()),
-                })
-        return self.inner.token_loss(logprobs=logprobs, old_logprobs=old_logprobs,
-                                     advantages=advantages, plan=plan, **kw)
+                self.records.append(
+                    {
+                        "side": side,
+                        "p_old": old_logprobs[cut].exp().double().numpy(),
+                        "ratio": diag["ratio"][cut].double().numpy(),
+                        "S": b.discriminator[cut].double().numpy(),
+                        "N": b.baseline[cut].double().numpy(),
+                        "n_kept": int(plan.keep.sum()),
+                    }
+                )
+        return self.inner.token_loss(
+            logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, plan=plan, **kw
+        )
 
 
 def _collect(cfg) -> ClipObserver:
@@ -87,43 +90,76 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
     """Collect the clipped tokens of an off-policy (ppo_epochs = 4) GRPO run and summarise them."""
     size = SIZES["quick" if quick else "default"]
     result = ExperimentResult("clipped-tokens", quick)
-    result.settings = {"steps": size["steps"], "ppo_epochs": EPOCHS, "method": "grpo (ppo clip 0.2)",
-                       "overrides": size["overrides"]}
+    result.settings = {
+        "steps": size["steps"],
+        "ppo_epochs": EPOCHS,
+        "method": "grpo (ppo clip 0.2)",
+        "overrides": size["overrides"],
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = base_config(tmp, *size["overrides"], f"steps={size['steps']}",
-                          f"method.ppo_epochs={EPOCHS}", "method.spec=grpo")
+        cfg = base_config(
+            tmp,
+            *size["overrides"],
+            f"steps={size['steps']}",
+            f"method.ppo_epochs={EPOCHS}",
+            "method.spec=grpo",
+        )
         observer = _collect(cfg)
     sides = {}
     for side in ("high", "low"):
         recs = [r for r in observer.records if r["side"] == side]
-        sides[side] = {k: np.concatenate([r[k] for r in recs]) if recs else np.zeros(0)
-                       for k in ("p_old", "ratio", "S", "N")}
+        sides[side] = {
+            k: np.concatenate([r[k] for r in recs]) if recs else np.zeros(0)
+            for k in ("p_old", "ratio", "S", "N")
+        }
     all_p = np.concatenate(observer.all_p)
     clipped_p = np.concatenate([sides[s]["p_old"] for s in sides])
     below = np.concatenate([sides[s]["S"] < sides[s]["N"] for s in sides])
     high_below = sides["high"]["S"] < sides["high"]["N"]
-    summary = {side: {"count": len(v["p_old"]),
-                      "max_p": float(v["p_old"].max()) if len(v["p_old"]) else None,
-                      "median_p": float(np.median(v["p_old"])) if len(v["p_old"]) else None,
-                      "frac_below_baseline": float((v["S"] < v["N"]).mean()) if len(v["p_old"]) else None}
-               for side, v in sides.items()}
-    result.metrics = {"by_side": summary, "clipped_total": len(clipped_p),
-                      "off_policy_token_passes": int(sum(r["n_kept"] for r in observer.records) // 2),
-                      "all_tokens_median_p": float(np.median(all_p)),
-                      "clipped_p_quantiles": {q: float(np.quantile(clipped_p, q)) if len(clipped_p) else None
-                                              for q in (0.5, 0.9, 0.99, 1.0)}}
+    summary = {
+        side: {
+            "count": len(v["p_old"]),
+            "max_p": float(v["p_old"].max()) if len(v["p_old"]) else None,
+            "median_p": float(np.median(v["p_old"])) if len(v["p_old"]) else None,
+            "frac_below_baseline": float((v["S"] < v["N"]).mean()) if len(v["p_old"]) else None,
+        }
+        for side, v in sides.items()
+    }
+    result.metrics = {
+        "by_side": summary,
+        "clipped_total": len(clipped_p),
+        "off_policy_token_passes": int(sum(r["n_kept"] for r in observer.records) // 2),
+        "all_tokens_median_p": float(np.median(all_p)),
+        "clipped_p_quantiles": {
+            q: float(np.quantile(clipped_p, q)) if len(clipped_p) else None
+            for q in (0.5, 0.9, 0.99, 1.0)
+        },
+    }
     if len(clipped_p) == 0:
         result.check("PPO's clip removes some tokens when the batch is reused", False, 0, ">0")
         return result
-    result.check(f"Clipped tokens are unlikely: max probability about {PAPER_MAX_P} (within 2x)",
-                 float(clipped_p.max()) <= 2 * PAPER_MAX_P, float(clipped_p.max()), 2 * PAPER_MAX_P,
-                 "probability under the sampler; both sides pooled")
-    result.check("Most clipped tokens lie below the baseline (S_* < N)", float(below.mean()) >= 0.5,
-                 float(below.mean()), 0.5, "fraction of clipped tokens")
+    result.check(
+        f"Clipped tokens are unlikely: max probability about {PAPER_MAX_P} (within 2x)",
+        float(clipped_p.max()) <= 2 * PAPER_MAX_P,
+        float(clipped_p.max()),
+        2 * PAPER_MAX_P,
+        "probability under the sampler; both sides pooled",
+    )
+    result.check(
+        "Most clipped tokens lie below the baseline (S_* < N)",
+        float(below.mean()) >= 0.5,
+        float(below.mean()),
+        0.5,
+        "fraction of clipped tokens",
+    )
     if len(high_below):
-        result.check("Upper clip on positive samples removes entropy-raising updates "
-                     "(A > 0, S_* < N)", float(high_below.mean()) >= 0.5, float(high_below.mean()),
-                     0.5, "fraction of upper-clipped tokens")
+        result.check(
+            "Upper clip on positive samples removes entropy-raising updates (A > 0, S_* < N)",
+            float(high_below.mean()) >= 0.5,
+            float(high_below.mean()),
+            0.5,
+            "fraction of upper-clipped tokens",
+        )
     _figure(result, out_dir, sides, all_p)
     return result
 
@@ -135,11 +171,22 @@ def _figure(result, out_dir, sides, all_p) -> None:
     ax.hist(all_p, bins=bins, density=True, alpha=0.4, color="gray", label="all sampled tokens")
     for side, color in (("high", "C3"), ("low", "C0")):
         if len(sides[side]["p_old"]):
-            ax.hist(sides[side]["p_old"], bins=bins, density=True, histtype="step", lw=2,
-                    color=color, label=f"clipped, {side} side ({len(sides[side]['p_old'])})")
+            ax.hist(
+                sides[side]["p_old"],
+                bins=bins,
+                density=True,
+                histtype="step",
+                lw=2,
+                color=color,
+                label=f"clipped, {side} side ({len(sides[side]['p_old'])})",
+            )
     ax.axvline(PAPER_MAX_P, color="k", ls="--", lw=1, label=f"paper's max ({PAPER_MAX_P})")
-    ax.set(xlabel="probability of the sampled token", ylabel="density", yscale="log",
-           title="Tokens PPO's clip removes (ppo_epochs=4)")
+    ax.set(
+        xlabel="probability of the sampled token",
+        ylabel="density",
+        yscale="log",
+        title="Tokens PPO's clip removes (ppo_epochs=4)",
+    )
     ax.legend(fontsize=7)
     ax = axes[0, 1]
     for side, color in (("high", "C3"), ("low", "C0")):
@@ -147,7 +194,10 @@ def _figure(result, out_dir, sides, all_p) -> None:
         if len(v["p_old"]):
             ax.scatter(v["p_old"], v["S"] - v["N"], s=6, alpha=0.5, color=color, label=side)
     ax.axhline(0, color="k", lw=0.5)
-    ax.set(xlabel="probability of the sampled token", ylabel="S_* - N",
-           title="clipped tokens vs the baseline")
+    ax.set(
+        xlabel="probability of the sampled token",
+        ylabel="S_* - N",
+        title="clipped tokens vs the baseline",
+    )
     ax.legend(fontsize=7)
     save_figure(fig, result, out_dir, "clipped_tokens.png")

@@ -169,7 +169,9 @@ def section_markdown(result: ExperimentResult) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(result: ExperimentResult, out_dir: str | os.PathLike, order: Sequence[str]) -> Path:
+def write_report(
+    result: ExperimentResult, out_dir: str | os.PathLike, order: Sequence[str]
+) -> Path:
     """Write ``out_dir/<name>/section.md`` and rebuild ``out_dir/report.md`` from all sections.
 
     Sections appear in ``order`` (the registry's), each only if its ``section.md`` exists.
@@ -179,7 +181,9 @@ def write_report(result: ExperimentResult, out_dir: str | os.PathLike, order: Se
     section.parent.mkdir(parents=True, exist_ok=True)
     section.write_text(section_markdown(result))
     parts = ["# entropy-dynamics: the paper's claims at small scale", ""]
-    parts.append("Built by `entropy-dynamics reproduce`; each section comes from its `result.json`.\n")
+    parts.append(
+        "Built by `entropy-dynamics reproduce`; each section comes from its `result.json`.\n"
+    )
     for name in order:
         path = out / name / "section.md"
         if path.exists():

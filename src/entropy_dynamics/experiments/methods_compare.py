@@ -29,8 +29,12 @@ METHODS = {  # label -> preset spec (each preset's docstring gives its paper and
     "top-entropy": "top_entropy",
 }
 SIZES = {
-    "quick": {"seeds": [0], "steps": 1, "k": 2,
-              "overrides": ["rollout.prompts_per_step=2", "task.n_eval=2"]},
+    "quick": {
+        "seeds": [0],
+        "steps": 1,
+        "k": 2,
+        "overrides": ["rollout.prompts_per_step=2", "task.n_eval=2"],
+    },
     "default": {"seeds": [0, 1, 2], "steps": 150, "k": 16, "overrides": []},
 }
 WINDOW = 5  # steps averaged for the "final" entropy and reward
@@ -40,8 +44,16 @@ def _run(run_dir: Path, spec: str, seed: int, size: dict) -> dict:
     from ..train.logging import read_jsonl
     from ..train.loop import train
 
-    train(base_config(run_dir, *size["overrides"], f"steps={size['steps']}", f"seed={seed}",
-                      f"method.spec={spec}", f"logging.eval_k={size['k']}"))
+    train(
+        base_config(
+            run_dir,
+            *size["overrides"],
+            f"steps={size['steps']}",
+            f"seed={seed}",
+            f"method.spec={spec}",
+            f"logging.eval_k={size['k']}",
+        )
+    )
     rows = read_metrics(run_dir)
     evaluation = read_jsonl(run_dir / "eval.jsonl")[-1]
     k = evaluation["k"]
@@ -69,35 +81,80 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
     """Train every method for every seed, evaluate, and compare with the paper's claims."""
     size = SIZES["quick" if quick else "default"]
     result = ExperimentResult("methods", quick)
-    result.settings = {"methods": METHODS, "seeds": size["seeds"], "steps": size["steps"],
-                       "k": size["k"], "overrides": size["overrides"], "window": WINDOW}
+    result.settings = {
+        "methods": METHODS,
+        "seeds": size["seeds"],
+        "steps": size["steps"],
+        "k": size["k"],
+        "overrides": size["overrides"],
+        "window": WINDOW,
+    }
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, spec in METHODS.items():
-            runs[label] = [_run(Path(tmp) / f"{spec}_{seed}", spec, seed, size)
-                           for seed in size["seeds"]]
+            runs[label] = [
+                _run(Path(tmp) / f"{spec}_{seed}", spec, seed, size) for seed in size["seeds"]
+            ]
     k = size["k"]
     summary = {}
     for label, rs in runs.items():
-        summary[label] = {name: _stat(rs, *args) for name, args in (
-            ("initial_entropy", ("initial_entropy",)), ("final_entropy", ("final_entropy",)),
-            ("final_reward", ("final_reward",)), ("avg@k", ("avg@k", k)),
-            ("pass@k", ("pass@k", k)), ("pass@1", ("pass@k", 1)), ("all_or_none", ("all_or_none",)))}
+        summary[label] = {
+            name: _stat(rs, *args)
+            for name, args in (
+                ("initial_entropy", ("initial_entropy",)),
+                ("final_entropy", ("final_entropy",)),
+                ("final_reward", ("final_reward",)),
+                ("avg@k", ("avg@k", k)),
+                ("pass@k", ("pass@k", k)),
+                ("pass@1", ("pass@k", 1)),
+                ("all_or_none", ("all_or_none",)),
+            )
+        }
     # A method whose every run reproduces GRPO's entropy curve exactly changed nothing here
     # (e.g. clip-higher and KL-Cov when each batch gets one on-policy update: ratio = 1).
-    same_as_grpo = [label for label, rs in runs.items() if label != "GRPO" and all(
-        r["entropy"] == g["entropy"] for r, g in zip(rs, runs["GRPO"], strict=True))]
+    same_as_grpo = [
+        label
+        for label, rs in runs.items()
+        if label != "GRPO"
+        and all(r["entropy"] == g["entropy"] for r, g in zip(rs, runs["GRPO"], strict=True))
+    ]
     result.metrics = {"summary": summary, "runs": runs, "identical_to_grpo": same_as_grpo}
     _claims(result, summary, k)
-    rows = [(label, *(f"{m:.3f} ± {s:.3f}" for m, s in (
-        s_["final_entropy"], s_["final_reward"], s_["avg@k"], s_["pass@1"], s_["pass@k"],
-        s_["all_or_none"]))) for label, s_ in summary.items()]
-    result.notes = (f"Mean ± std over {len(size['seeds'])} seed(s); {size['steps']} steps; "
-                    f"held-out k = {k}; entropy averaged over the first / last {WINDOW} steps. "
-                    f"Runs identical to GRPO step for step: {', '.join(same_as_grpo) or 'none'}."
-                    "\n\n" + markdown_table(
-                        ["method", "final entropy", "final reward", f"avg@{k}", "pass@1",
-                         f"pass@{k}", "all-or-none problems"], rows))
+    rows = [
+        (
+            label,
+            *(
+                f"{m:.3f} ± {s:.3f}"
+                for m, s in (
+                    s_["final_entropy"],
+                    s_["final_reward"],
+                    s_["avg@k"],
+                    s_["pass@1"],
+                    s_["pass@k"],
+                    s_["all_or_none"],
+                )
+            ),
+        )
+        for label, s_ in summary.items()
+    ]
+    result.notes = (
+        f"Mean ± std over {len(size['seeds'])} seed(s); {size['steps']} steps; "
+        f"held-out k = {k}; entropy averaged over the first / last {WINDOW} steps. "
+        f"Runs identical to GRPO step for step: {', '.join(same_as_grpo) or 'none'}."
+        "\n\n"
+        + markdown_table(
+            [
+                "method",
+                "final entropy",
+                "final reward",
+                f"avg@{k}",
+                "pass@1",
+                f"pass@{k}",
+                "all-or-none problems",
+            ],
+            rows,
+        )
+    )
     _figures(result, out_dir, runs, k)
     return result
 
@@ -105,23 +162,37 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
 def _claims(result, summary, k) -> None:
     grpo = summary["GRPO"]
     start, end = grpo["initial_entropy"][0], grpo["final_entropy"][0]
-    result.check("GRPO's entropy collapses on this task (mean of the last 5 steps < 0.8 x "
-                 "the first 5)", end < 0.8 * start,
-                 {"initial": start, "final": end}, "final < 0.8 x initial")
+    result.check(
+        "GRPO's entropy collapses on this task (mean of the last 5 steps < 0.8 x the first 5)",
+        end < 0.8 * start,
+        {"initial": start, "final": end},
+        "final < 0.8 x initial",
+    )
     for label in ("Clip_B", "Clip_V"):
         mine = summary[label]
-        result.check(f"{label} keeps entropy higher than GRPO", mine["final_entropy"][0] > end,
-                     {label: mine["final_entropy"], "GRPO": grpo["final_entropy"]}, "higher mean",
-                     "(mean, std) over seeds")
+        result.check(
+            f"{label} keeps entropy higher than GRPO",
+            mine["final_entropy"][0] > end,
+            {label: mine["final_entropy"], "GRPO": grpo["final_entropy"]},
+            "higher mean",
+            "(mean, std) over seeds",
+        )
         for metric in (f"avg@{k}", f"pass@{k}"):
             key = metric.split("@")[0] + "@k"
-            result.check(f"{label} beats GRPO on held-out {metric}", mine[key][0] > grpo[key][0],
-                         {label: mine[key], "GRPO": grpo[key]}, "higher mean",
-                         "(mean, std) over seeds")
-    result.check("GRPO leaves more problems solved by all or none of the samples than Clip_B",
-                 grpo["all_or_none"][0] > summary["Clip_B"]["all_or_none"][0],
-                 {"GRPO": grpo["all_or_none"], "Clip_B": summary["Clip_B"]["all_or_none"]},
-                 "GRPO higher", "fraction of held-out problems with pass rate 0 or 1")
+            result.check(
+                f"{label} beats GRPO on held-out {metric}",
+                mine[key][0] > grpo[key][0],
+                {label: mine[key], "GRPO": grpo[key]},
+                "higher mean",
+                "(mean, std) over seeds",
+            )
+    result.check(
+        "GRPO leaves more problems solved by all or none of the samples than Clip_B",
+        grpo["all_or_none"][0] > summary["Clip_B"]["all_or_none"][0],
+        {"GRPO": grpo["all_or_none"], "Clip_B": summary["Clip_B"]["all_or_none"]},
+        "GRPO higher",
+        "fraction of held-out problems with pass rate 0 or 1",
+    )
 
 
 def _figures(result, out_dir, runs, k) -> None:
@@ -133,8 +204,13 @@ def _figures(result, out_dir, runs, k) -> None:
     for label, rs in runs.items():
         curves = np.array([r["entropy"] for r in rs])
         steps = np.arange(1, curves.shape[1] + 1)
-        ax.plot(steps, curves.mean(0), color=colors[label], label=label,
-                lw=2.5 if label in ("GRPO", "Clip_B", "Clip_V") else 1)
+        ax.plot(
+            steps,
+            curves.mean(0),
+            color=colors[label],
+            label=label,
+            lw=2.5 if label in ("GRPO", "Clip_B", "Clip_V") else 1,
+        )
         if len(rs) > 1:
             ax.fill_between(steps, curves.min(0), curves.max(0), color=colors[label], alpha=0.12)
     ax.set(xlabel="step", ylabel="entropy of fresh rollouts", title="entropy (mean, min-max)")
@@ -143,8 +219,16 @@ def _figures(result, out_dir, runs, k) -> None:
         for label, rs in runs.items():
             ks = sorted(rs[0][key])
             values = np.array([[r[key][j] for j in ks] for r in rs])
-            ax.errorbar(ks, values.mean(0), yerr=values.std(0), color=colors[label], label=label,
-                        marker="o", ms=3, capsize=2)
+            ax.errorbar(
+                ks,
+                values.mean(0),
+                yerr=values.std(0),
+                color=colors[label],
+                label=label,
+                marker="o",
+                ms=3,
+                capsize=2,
+            )
         ax.set(xscale="log", xlabel="k", ylabel=key, title=f"held-out {key} (mean ± std)")
         ax.set_xticks(ks, [str(j) for j in ks])
     save_figure(fig, result, out_dir, "methods_entropy_and_accuracy.png")
@@ -157,6 +241,6 @@ def _figures(result, out_dir, runs, k) -> None:
         ax.set(title=label, xlabel="pass rate", ylim=(0, 1))
     for ax in axes[:, 0]:
         ax.set_ylabel("fraction of problems")
-    for ax in axes.ravel()[len(runs):]:
+    for ax in axes.ravel()[len(runs) :]:
         ax.axis("off")
     save_figure(fig, result, out_dir, "methods_pass_rate_hist.png")

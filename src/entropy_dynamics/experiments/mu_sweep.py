@@ -31,40 +31,80 @@ WINDOW = 5
 def _run(run_dir: Path, spec: str, drop_key: str, seed: int, size: dict) -> dict:
     from ..train.loop import train
 
-    train(base_config(run_dir, *size["overrides"], f"steps={size['steps']}", f"seed={seed}",
-                      f"method.spec={spec}"))
+    train(
+        base_config(
+            run_dir,
+            *size["overrides"],
+            f"steps={size['steps']}",
+            f"seed={seed}",
+            f"method.spec={spec}",
+        )
+    )
     rows = read_metrics(run_dir)
     entropy = [r["entropy/mean"] for r in rows]
-    return {"entropy": entropy, "final_entropy": float(np.mean(entropy[-WINDOW:])),
-            "frac_dropped": float(np.mean([r.get(drop_key, 0.0) for r in rows])),
-            "frac_dropped_neg": float(np.mean([r.get(drop_key + "_neg", 0.0) for r in rows]))}
+    return {
+        "entropy": entropy,
+        "final_entropy": float(np.mean(entropy[-WINDOW:])),
+        "frac_dropped": float(np.mean([r.get(drop_key, 0.0) for r in rows])),
+        "frac_dropped_neg": float(np.mean([r.get(drop_key + "_neg", 0.0) for r in rows])),
+    }
 
 
 def run(out_dir, *, quick: bool = False) -> ExperimentResult:
     """Sweep mu for Clip_B and Clip_V; check the direction of drop fraction and entropy."""
     size = SIZES["quick" if quick else "default"]
     result = ExperimentResult("mu", quick)
-    result.settings = {"mus": MUS, "specs": SPECS, "seeds": size["seeds"], "steps": size["steps"],
-                       "overrides": size["overrides"], "window": WINDOW}
+    result.settings = {
+        "mus": MUS,
+        "specs": SPECS,
+        "seeds": size["seeds"],
+        "steps": size["steps"],
+        "overrides": size["overrides"],
+        "window": WINDOW,
+    }
     sweeps = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, template in SPECS.items():
-            sweeps[label] = {mu: [_run(Path(tmp) / f"{label}_{mu}_{seed}", template.format(mu=mu),
-                                       DROP_KEY[label], seed, size) for seed in size["seeds"]]
-                             for mu in MUS}
+            sweeps[label] = {
+                mu: [
+                    _run(
+                        Path(tmp) / f"{label}_{mu}_{seed}",
+                        template.format(mu=mu),
+                        DROP_KEY[label],
+                        seed,
+                        size,
+                    )
+                    for seed in size["seeds"]
+                ]
+                for mu in MUS
+            }
     table = []
     for label, by_mu in sweeps.items():
         drop = [float(np.mean([r["frac_dropped"] for r in by_mu[mu]])) for mu in MUS]
         ent = [float(np.mean([r["final_entropy"] for r in by_mu[mu]])) for mu in MUS]
-        result.metrics[label] = {"mu": MUS, "frac_dropped": drop, "final_entropy": ent,
-                                 "runs": {str(mu): by_mu[mu] for mu in MUS}}
+        result.metrics[label] = {
+            "mu": MUS,
+            "frac_dropped": drop,
+            "final_entropy": ent,
+            "runs": {str(mu): by_mu[mu] for mu in MUS},
+        }
         table += [(label, mu, d, e) for mu, d, e in zip(MUS, drop, ent, strict=True)]
         rho_drop = correlations(MUS, drop)["spearman"]
         rho_ent = correlations(MUS, ent)["spearman"]
-        result.check(f"{label}: smaller mu drops more tokens (Spearman of mu vs fraction dropped)",
-                     bool(rho_drop <= -0.8), rho_drop, -0.8, "over the four mu values")
-        result.check(f"{label}: smaller mu keeps entropy higher (Spearman of mu vs final entropy)",
-                     bool(rho_ent <= -0.8), rho_ent, -0.8, "over the four mu values")
+        result.check(
+            f"{label}: smaller mu drops more tokens (Spearman of mu vs fraction dropped)",
+            bool(rho_drop <= -0.8),
+            rho_drop,
+            -0.8,
+            "over the four mu values",
+        )
+        result.check(
+            f"{label}: smaller mu keeps entropy higher (Spearman of mu vs final entropy)",
+            bool(rho_ent <= -0.8),
+            rho_ent,
+            -0.8,
+            "over the four mu values",
+        )
     result.notes = markdown_table(["method", "mu", "fraction dropped", "final entropy"], table)
     _figure(result, out_dir, sweeps)
     return result
@@ -72,8 +112,10 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
 
 def _figure(result, out_dir, sweeps) -> None:
     fig, axes = new_figure(2, 1, width=4.8, height=3.8)
-    for ax, key, ylabel in ((axes[0, 0], "frac_dropped", "fraction of tokens dropped"),
-                            (axes[0, 1], "final_entropy", "final entropy")):
+    for ax, key, ylabel in (
+        (axes[0, 0], "frac_dropped", "fraction of tokens dropped"),
+        (axes[0, 1], "final_entropy", "final entropy"),
+    ):
         for label, by_mu in sweeps.items():
             values = np.array([[r[key] for r in by_mu[mu]] for mu in MUS])  # [mu, seed]
             ax.errorbar(MUS, values.mean(1), yerr=values.std(1), marker="o", capsize=3, label=label)

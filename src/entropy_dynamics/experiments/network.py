@@ -34,8 +34,13 @@ from .common import (
 
 SIZES = {
     "quick": {"models": ["tiny"], "prompts": 4, "group": 2, "max_new_tokens": 6, "token_trials": 6},
-    "default": {"models": ["tiny", "smollm2"], "prompts": 8, "group": 4, "max_new_tokens": 8,
-                "token_trials": 24},
+    "default": {
+        "models": ["tiny", "smollm2"],
+        "prompts": 8,
+        "group": 4,
+        "max_new_tokens": 8,
+        "token_trials": 24,
+    },
 }
 SMOLLM2_SIZE = {"prompts": 2, "group": 2, "max_new_tokens": 8, "token_trials": 4}
 LRS = {  # per optimiser, largest first; the smallest is where first-order claims are checked
@@ -67,8 +72,12 @@ def _response_logits(model, rollout) -> torch.Tensor:
     T = rollout.response_ids.shape[1]
     mask = rollout.attention_mask
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=rollout.input_ids[:, :-1], attention_mask=mask[:, :-1],
-                position_ids=positions[:, :-1], use_cache=False)
+    out = model(
+        input_ids=rollout.input_ids[:, :-1],
+        attention_mask=mask[:, :-1],
+        position_ids=positions[:, :-1],
+        use_cache=False,
+    )
     return out.logits[:, -T:]
 
 
@@ -107,8 +116,11 @@ def _batch_step(model, state, rollout, z0, gen, *, optimizer, lr) -> tuple[dict,
     alpha = lr * advantages * mask / mask.sum()
     out = {k: v[mask].numpy() for k, v in _compare(z0, z1, rollout.response_ids, alpha).items()}
     m = out["measured"]
-    row = {"n": len(m), "mean_abs_measured": float(np.abs(m).mean()),
-           "residual_logit": float(np.median(np.abs(m - out["logit"])))}
+    row = {
+        "n": len(m),
+        "mean_abs_measured": float(np.abs(m).mean()),
+        "residual_logit": float(np.median(np.abs(m - out["logit"]))),
+    }
     for kind in ("paper", "logit"):
         row[kind] = {**correlations(out[kind], m), "sign": sign_agreement(out[kind], m)}
     return row, out
@@ -146,21 +158,33 @@ def _run_model(name: str, size: dict, quick: bool, tmp_dir) -> tuple[dict, dict]
     from ..train.rollout import sample
 
     gen = torch.Generator().manual_seed(0)
-    rollout = sample(model, tokenizer, prompts[: size["prompts"]], group_size=size["group"],
-                     temperature=1.0, max_new_tokens=size["max_new_tokens"], generator=gen)
+    rollout = sample(
+        model,
+        tokenizer,
+        prompts[: size["prompts"]],
+        group_size=size["group"],
+        temperature=1.0,
+        max_new_tokens=size["max_new_tokens"],
+        generator=gen,
+    )
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         z0 = _response_logits(model, rollout)
     H = theory.entropy(z0)[rollout.response_mask]
-    info = {"tokens": int(rollout.response_mask.sum()), "entropy_mean": float(H.mean()),
-            "params": sum(p.numel() for p in model.parameters()), "by_optimizer": {}}
+    info = {
+        "tokens": int(rollout.response_mask.sum()),
+        "entropy_mean": float(H.mean()),
+        "params": sum(p.numel() for p in model.parameters()),
+        "by_optimizer": {},
+    }
     scatter = {}
     for optimizer, lrs in (QUICK_LRS if quick else LRS[name]).items():
         rows = []
         for lr in lrs:
             batch, points = _batch_step(model, state, rollout, z0, gen, optimizer=optimizer, lr=lr)
-            token = _token_steps(model, state, rollout, z0, gen, size["token_trials"],
-                                 optimizer=optimizer, lr=lr)
+            token = _token_steps(
+                model, state, rollout, z0, gen, size["token_trials"], optimizer=optimizer, lr=lr
+            )
             rows.append({"lr": lr, "batch": batch, "token": token})
         scatter[optimizer] = points  # the smallest lr's batch step
         info["by_optimizer"][optimizer] = rows
@@ -174,8 +198,13 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
 
     size = SIZES["quick" if quick else "default"]
     result = ExperimentResult("network", quick)
-    result.settings = {**size, "lrs": QUICK_LRS if quick else LRS, "dtype": "float64",
-                       "smollm2_size": SMOLLM2_SIZE, "seed": 0}
+    result.settings = {
+        **size,
+        "lrs": QUICK_LRS if quick else LRS,
+        "dtype": "float64",
+        "smollm2_size": SMOLLM2_SIZE,
+        "seed": 0,
+    }
     scatters = {}
     with tempfile.TemporaryDirectory() as tmp_dir:
         for name in size["models"]:
@@ -193,26 +222,50 @@ def _claims(result: ExperimentResult) -> None:
         for optimizer, rows in info["by_optimizer"].items():
             key, last = f"{name}/{optimizer}", rows[-1]
             logit_r[key] = last["batch"]["logit"]["pearson"]
-            residual_slopes[key] = fit_loglog_slope([r["lr"] for r in rows],
-                                                    [r["batch"]["residual_logit"] for r in rows])
+            residual_slopes[key] = fit_loglog_slope(
+                [r["lr"] for r in rows], [r["batch"]["residual_logit"] for r in rows]
+            )
             paper_token[key] = last["token"]["paper_sign"]
             paper_batch[key] = last["batch"]["paper"]["pearson"]
             spill[key] = last["token"]["spillover_median"]
-    result.check("(b) logit-space first order -sum_j S_j dz_j matches the measured per-position "
-                 "dH at the smallest lr (Pearson)", min(logit_r.values()) >= 0.99, logit_r, 0.99,
-                 "every model x optimiser, batch step")
-    result.check("(b) its residual is second order in the step (log-log slope vs lr)",
-                 min(residual_slopes.values()) >= 1.5, residual_slopes, 1.5,
-                 "median |measured - (b)| over positions")
-    result.check("(a) paper's -alpha (S_* - N) has the measured sign at the trained token "
-                 "(one-token step, smallest lr)", min(paper_token.values()) >= 0.9, paper_token, 0.9,
-                 "fraction of one-token trials")
-    result.check("(a) -alpha_t (S_t - N_t) predicts per-position dH of a batch step (Pearson, "
-                 "smallest lr)", min(paper_batch.values()) >= 0.5, paper_batch, 0.5,
-                 "the paper's free-logit step vs a network with shared parameters")
-    result.check("(a) assumes a one-token step leaves other positions alone: median |dH| "
-                 "elsewhere / |dH| at the trained token", max(spill.values()) <= 0.1, spill, 0.1,
-                 "smallest lr; > threshold means the update is not local")
+    result.check(
+        "(b) logit-space first order -sum_j S_j dz_j matches the measured per-position "
+        "dH at the smallest lr (Pearson)",
+        min(logit_r.values()) >= 0.99,
+        logit_r,
+        0.99,
+        "every model x optimiser, batch step",
+    )
+    result.check(
+        "(b) its residual is second order in the step (log-log slope vs lr)",
+        min(residual_slopes.values()) >= 1.5,
+        residual_slopes,
+        1.5,
+        "median |measured - (b)| over positions",
+    )
+    result.check(
+        "(a) paper's -alpha (S_* - N) has the measured sign at the trained token "
+        "(one-token step, smallest lr)",
+        min(paper_token.values()) >= 0.9,
+        paper_token,
+        0.9,
+        "fraction of one-token trials",
+    )
+    result.check(
+        "(a) -alpha_t (S_t - N_t) predicts per-position dH of a batch step (Pearson, smallest lr)",
+        min(paper_batch.values()) >= 0.5,
+        paper_batch,
+        0.5,
+        "the paper's free-logit step vs a network with shared parameters",
+    )
+    result.check(
+        "(a) assumes a one-token step leaves other positions alone: median |dH| "
+        "elsewhere / |dH| at the trained token",
+        max(spill.values()) <= 0.1,
+        spill,
+        0.1,
+        "smallest lr; > threshold means the update is not local",
+    )
 
 
 def _figures(result: ExperimentResult, out_dir, scatters) -> None:
@@ -227,10 +280,13 @@ def _figures(result: ExperimentResult, out_dir, scatters) -> None:
                     ys = {k: [r["token"][f"{k}_sign"] for r in rows] for k in ("paper", "logit")}
                 for kind, style in (("paper", "o--"), ("logit", "s-")):
                     ax.semilogx(lrs, ys[kind], style, label=f"{name} {optimizer} ({kind})")
-        ax.set(xlabel="learning rate",
-               ylabel="Pearson r" if field == "pearson" else "sign agreement",
-               title="batch step: Pearson(pred, measured)" if setting == "batch"
-               else "one-token step: sign at the trained token")
+        ax.set(
+            xlabel="learning rate",
+            ylabel="Pearson r" if field == "pearson" else "sign agreement",
+            title="batch step: Pearson(pred, measured)"
+            if setting == "batch"
+            else "one-token step: sign at the trained token",
+        )
         ax.axhline(1.0, color="k", lw=0.5)
         ax.legend(fontsize=6)
     save_figure(fig, result, out_dir, "network_agreement_vs_lr.png")
@@ -247,7 +303,10 @@ def _figures(result: ExperimentResult, out_dir, scatters) -> None:
             if kind == "logit":
                 lim = np.abs(points["measured"]).max()
                 ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
-            ax.set(title=f"{name} {optimizer}, smallest lr", ylabel="measured dH",
-                   xlabel="(a) -alpha (S - N)" if kind == "paper" else "(b) -sum S dz")
+            ax.set(
+                title=f"{name} {optimizer}, smallest lr",
+                ylabel="measured dH",
+                xlabel="(a) -alpha (S - N)" if kind == "paper" else "(b) -sum S dz",
+            )
             ax.ticklabel_format(style="sci", scilimits=(-2, 2))
     save_figure(fig, result, out_dir, "network_scatter.png")

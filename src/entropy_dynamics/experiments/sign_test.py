@@ -37,9 +37,14 @@ WINDOW = 5  # steps averaged at each end of the fresh-rollout entropy trajectory
 def _run(run_dir: Path, sample: int, side: int, seed: int, size: dict) -> dict:
     from ..train.loop import train
 
-    cfg = base_config(run_dir, *size["overrides"], f"steps={size['steps']}", f"seed={seed}",
-                      "logging.probe_every=1",
-                      f"method.spec=grpo + sign_condition(sample={sample}, side={side})")
+    cfg = base_config(
+        run_dir,
+        *size["overrides"],
+        f"steps={size['steps']}",
+        f"seed={seed}",
+        "logging.probe_every=1",
+        f"method.spec=grpo + sign_condition(sample={sample}, side={side})",
+    )
     train(cfg)
     rows = read_metrics(run_dir)
     entropy = np.array([r["entropy/mean"] for r in rows])
@@ -56,13 +61,19 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
     """Train each condition for each seed and compare the entropy movement with Thm 3.2."""
     size = SIZES["quick" if quick else "default"]
     result = ExperimentResult("sign-test", quick)
-    result.settings = {"steps": size["steps"], "seeds": size["seeds"],
-                       "overrides": size["overrides"], "window": WINDOW}
+    result.settings = {
+        "steps": size["steps"],
+        "seeds": size["seeds"],
+        "overrides": size["overrides"],
+        "window": WINDOW,
+    }
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, sample, side in CONDITIONS:
-            runs[label] = [_run(Path(tmp) / f"{sample}_{side}_{seed}", sample, side, seed, size)
-                           for seed in size["seeds"]]
+            runs[label] = [
+                _run(Path(tmp) / f"{sample}_{side}_{seed}", sample, side, seed, size)
+                for seed in size["seeds"]
+            ]
     table, probe_ok, traj_ok = [], 0, 0
     for label, sample, side in CONDITIONS:
         expected = -sample * side
@@ -72,19 +83,50 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
         traj_match = bool(np.sign(traj.mean()) == expected)
         probe_ok += probe_match
         traj_ok += traj_match
-        table.append((label, "falls" if expected < 0 else "rises", float(probe.mean()),
-                      float(probe.std()), probe_match, float(traj.mean()), float(traj.std()),
-                      traj_match, float(np.mean([r["kept_frac"] for r in runs[label]]))))
+        table.append(
+            (
+                label,
+                "falls" if expected < 0 else "rises",
+                float(probe.mean()),
+                float(probe.std()),
+                probe_match,
+                float(traj.mean()),
+                float(traj.std()),
+                traj_match,
+                float(np.mean([r["kept_frac"] for r in runs[label]])),
+            )
+        )
         result.metrics[label] = {"expected_sign": expected, "runs": runs[label]}
-    result.check("Four-condition masking: the entropy probe (summed per-update change) moves as "
-                 "Thm 3.2 predicts", probe_ok == 4, f"{probe_ok}/4", "4/4",
-                 "sign of the mean over seeds; the paper reports 4/4")
-    result.check("Four-condition masking: fresh-rollout entropy (last - first steps) moves as "
-                 "Thm 3.2 predicts", traj_ok == 4, f"{traj_ok}/4", "4/4",
-                 "sign of the mean over seeds")
+    result.check(
+        "Four-condition masking: the entropy probe (summed per-update change) moves as "
+        "Thm 3.2 predicts",
+        probe_ok == 4,
+        f"{probe_ok}/4",
+        "4/4",
+        "sign of the mean over seeds; the paper reports 4/4",
+    )
+    result.check(
+        "Four-condition masking: fresh-rollout entropy (last - first steps) moves as "
+        "Thm 3.2 predicts",
+        traj_ok == 4,
+        f"{traj_ok}/4",
+        "4/4",
+        "sign of the mean over seeds",
+    )
     result.notes = markdown_table(
-        ["condition", "theory", "probe sum (mean)", "std", "match", "rollout dH (mean)", "std",
-         "match", "tokens kept"], table)
+        [
+            "condition",
+            "theory",
+            "probe sum (mean)",
+            "std",
+            "match",
+            "rollout dH (mean)",
+            "std",
+            "match",
+            "tokens kept",
+        ],
+        table,
+    )
     _figure(result, out_dir, runs)
     return result
 
@@ -99,7 +141,10 @@ def _figure(result: ExperimentResult, out_dir, runs) -> None:
         ax.plot(steps, curves.mean(0), color=color, label=f"{label} (theory: {arrow})")
         if len(curves) > 1:
             ax.fill_between(steps, curves.min(0), curves.max(0), color=color, alpha=0.2)
-    ax.set(xlabel="step", ylabel="mean entropy of fresh rollouts",
-           title="Four-condition masking (mean, min-max over seeds)")
+    ax.set(
+        xlabel="step",
+        ylabel="mean entropy of fresh rollouts",
+        title="Four-condition masking (mean, min-max over seeds)",
+    )
     ax.legend(fontsize=7)
     save_figure(fig, result, out_dir, "sign_test_entropy.png")

@@ -91,7 +91,9 @@ def _on_policy_expectation(z: torch.Tensor, alphas: np.ndarray) -> dict[str, np.
         "off_policy": (q * deviation).sum(-1).abs().numpy(),
         # the size of the terms that cancel in sum_k p_k S_k - N: the roundoff scale. (E|S_k - N|
         # itself can be 1e-13 for a nearly one-hot p, which would make any roundoff look large.)
-        "scale": ((p * theory.discriminator(z).abs()).sum(-1) + theory.vocab_baseline(z).abs()).numpy(),
+        "scale": (
+            (p * theory.discriminator(z).abs()).sum(-1) + theory.vocab_baseline(z).abs()
+        ).numpy(),
         "signed": np.array(signed),
         "absolute": np.array(absolute),
     }
@@ -118,8 +120,13 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
     """Run the theory checks and draw their figures; see the module docstring."""
     size = "quick" if quick else "default"
     result = ExperimentResult("theory", quick)
-    result.settings = {"vocab_sizes": VOCABS[size], "scales": SCALES, "steps": STEPS.tolist(),
-                       "dtype": "float64", "seed": 0}
+    result.settings = {
+        "vocab_sizes": VOCABS[size],
+        "scales": SCALES,
+        "steps": STEPS.tolist(),
+        "dtype": "float64",
+        "seed": 0,
+    }
     gen = torch.Generator().manual_seed(0)
     configs, slopes = [], {"single": [], "grpo": []}
     pooled = {k: [] for k in ("single_pred", "single_exact", "grpo_pred", "grpo_exact")}
@@ -151,44 +158,77 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
 
 def _claims(result, slopes, pooled, expectation, autograd_err, bonus) -> None:
     lo, hi = SLOPE_BAND
-    for kind, name in (("single", "Thm 3.2 (single logit, dH = -eps S_*)"),
-                       ("grpo", "Thm 3.3 (GRPO step, dH = -alpha (S_* - N))")):
+    for kind, name in (
+        ("single", "Thm 3.2 (single logit, dH = -eps S_*)"),
+        ("grpo", "Thm 3.3 (GRPO step, dH = -alpha (S_* - N))"),
+    ):
         s = np.array(slopes[kind])
-        result.check(f"{name}: error is O(step^2) (median log-log slope per config)",
-                     bool(np.all((s >= lo) & (s <= hi))),
-                     {"min": float(np.nanmin(s)), "max": float(np.nanmax(s))}, list(SLOPE_BAND),
-                     f"every (V, scale) config's median slope inside the band; errors < {FLOOR:g} "
-                     "(fp64 roundoff) left out")
-        by_step = [_resolvable_sign_agreement(p, e) for p, e in
-                   zip(pooled[f"{kind}_pred"], pooled[f"{kind}_exact"], strict=True)]
+        result.check(
+            f"{name}: error is O(step^2) (median log-log slope per config)",
+            bool(np.all((s >= lo) & (s <= hi))),
+            {"min": float(np.nanmin(s)), "max": float(np.nanmax(s))},
+            list(SLOPE_BAND),
+            f"every (V, scale) config's median slope inside the band; errors < {FLOOR:g} "
+            "(fp64 roundoff) left out",
+        )
+        by_step = [
+            _resolvable_sign_agreement(p, e)
+            for p, e in zip(pooled[f"{kind}_pred"], pooled[f"{kind}_exact"], strict=True)
+        ]
         result.metrics[f"{kind}_sign_agreement_by_step"] = [a for a, _ in by_step]
         agree, used = by_step[0]
         result.metrics[f"{kind}_sign_rows_resolvable"] = used
-        result.check(f"{name}: sign of prediction = sign of exact change at step {STEPS[0]:g}",
-                     agree >= 0.99, agree, 0.99,
-                     f"fraction of distributions with |predicted| >= {FLOOR:g} ({used:.0%} of all; "
-                     "smaller changes are below fp64 resolution)")
+        result.check(
+            f"{name}: sign of prediction = sign of exact change at step {STEPS[0]:g}",
+            agree >= 0.99,
+            agree,
+            0.99,
+            f"fraction of distributions with |predicted| >= {FLOOR:g} ({used:.0%} of all; "
+            "smaller changes are below fp64 resolution)",
+        )
     on = np.concatenate([e["on_policy"] / e["scale"] for e in expectation])
     off = np.concatenate([e["off_policy"] / e["scale"] for e in expectation])
-    result.check("Cor. 3.4: E_{k~p}[S_k - N] = 0 (relative to E_p|S_k| + |N|)", float(on.max()) < 1e-10,
-                 float(on.max()), 1e-10, "max over distributions, fp64")
-    result.check("Off-policy sampler q = softmax(z/1.5): E_{k~q}[S_k - N] is not 0",
-                 float(np.median(off)) > 1e-3, float(np.median(off)), 1e-3,
-                 "median relative size; derived in PAPER.md, not quoted from the paper")
+    result.check(
+        "Cor. 3.4: E_{k~p}[S_k - N] = 0 (relative to E_p|S_k| + |N|)",
+        float(on.max()) < 1e-10,
+        float(on.max()),
+        1e-10,
+        "max over distributions, fp64",
+    )
+    result.check(
+        "Off-policy sampler q = softmax(z/1.5): E_{k~q}[S_k - N] is not 0",
+        float(np.median(off)) > 1e-3,
+        float(np.median(off)),
+        1e-3,
+        "median relative size; derived in PAPER.md, not quoted from the paper",
+    )
     signed = np.mean([e["signed"] for e in expectation], axis=0)
     absolute = np.mean([e["absolute"] for e in expectation], axis=0)
     slope_signed, slope_abs = fit_loglog_slope(STEPS, signed), fit_loglog_slope(STEPS, absolute)
     result.metrics["on_policy_expected_dH_slope"] = slope_signed
     result.metrics["on_policy_mean_abs_dH_slope"] = slope_abs
-    result.check("Cor. 3.4: expected exact dH of an on-policy GRPO step is second order "
-                 "(slope of |E_k dH| vs alpha), while E_k|dH| is first order",
-                 lo <= slope_signed <= hi and 0.8 <= slope_abs <= 1.2,
-                 {"E dH": slope_signed, "E |dH|": slope_abs}, {"E dH": [lo, hi], "E |dH|": [0.8, 1.2]})
-    result.check("S_j = -dH/dz_j (autograd, fp64)", autograd_err < 1e-10, autograd_err, 1e-10,
-                 "max |dH/dz + S| / max |S|")
+    result.check(
+        "Cor. 3.4: expected exact dH of an on-policy GRPO step is second order "
+        "(slope of |E_k dH| vs alpha), while E_k|dH| is first order",
+        lo <= slope_signed <= hi and 0.8 <= slope_abs <= 1.2,
+        {"E dH": slope_signed, "E |dH|": slope_abs},
+        {"E dH": [lo, hi], "E |dH|": [0.8, 1.2]},
+    )
+    result.check(
+        "S_j = -dH/dz_j (autograd, fp64)",
+        autograd_err < 1e-10,
+        autograd_err,
+        1e-10,
+        "max |dH/dz + S| / max |S|",
+    )
     exact_up = min(b[0] for b in bonus)
-    result.check("Entropy bonus step dz = -beta S raises entropy (exact, beta = 0.01)",
-                 exact_up == 1.0, exact_up, 1.0, "fraction of distributions, worst config")
+    result.check(
+        "Entropy bonus step dz = -beta S raises entropy (exact, beta = 0.01)",
+        exact_up == 1.0,
+        exact_up,
+        1.0,
+        "fraction of distributions, worst config",
+    )
 
 
 def _figures(result, out_dir, configs, pooled, expectation) -> None:
@@ -198,11 +238,18 @@ def _figures(result, out_dir, configs, pooled, expectation) -> None:
     vocabs = sorted({c["V"] for c in configs})
     colors = dict(zip(vocabs, plt.cm.viridis(np.linspace(0, 0.9, len(vocabs))), strict=True))
     styles = dict(zip(SCALES, ["-", "--", "-.", ":"], strict=True))
-    for ax, kind, title in ((axes[0, 0], "single", "Thm 3.2: single logit"),
-                            (axes[0, 1], "grpo", "Thm 3.3: GRPO step")):
+    for ax, kind, title in (
+        (axes[0, 0], "single", "Thm 3.2: single logit"),
+        (axes[0, 1], "grpo", "Thm 3.3: GRPO step"),
+    ):
         for c in configs:
-            ax.loglog(STEPS, c[f"{kind}_median_error"], styles[c["scale"]], color=colors[c["V"]],
-                      label=f"V={c['V']}" if c["scale"] == SCALES[1] else None)
+            ax.loglog(
+                STEPS,
+                c[f"{kind}_median_error"],
+                styles[c["scale"]],
+                color=colors[c["V"]],
+                label=f"V={c['V']}" if c["scale"] == SCALES[1] else None,
+            )
         ref = np.array(configs[0][f"{kind}_median_error"])
         ax.loglog(STEPS, ref[-1] * (STEPS / STEPS[-1]) ** 2, "k", lw=3, alpha=0.25, label="slope 2")
         ax.set(title=title, xlabel="step (eps or alpha)", ylabel="median |exact - predicted| dH")
@@ -227,6 +274,9 @@ def _figures(result, out_dir, configs, pooled, expectation) -> None:
         ax.set_yscale("symlog", linthresh=1e-8)
         ax.set_xticks([-1e-2, -1e-5, 0, 1e-5, 1e-2])
         ax.set_yticks([-1e-2, -1e-5, -1e-8, 0, 1e-8, 1e-5, 1e-2])
-        ax.set(title=f"{'Thm 3.2' if kind == 'single' else 'Thm 3.3'}, step {STEPS[mid]:.2g}",
-               xlabel="predicted dH", ylabel="exact dH")
+        ax.set(
+            title=f"{'Thm 3.2' if kind == 'single' else 'Thm 3.3'}, step {STEPS[mid]:.2g}",
+            xlabel="predicted dH",
+            ylabel="exact dH",
+        )
     save_figure(fig, result, out_dir, "theory_pred_vs_exact.png")

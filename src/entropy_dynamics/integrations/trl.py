@@ -36,11 +36,11 @@ from entropy_dynamics.token_stats import token_stats_from_hidden
 __all__ = ["EntropyGRPOConfig", "EntropyGRPOTrainer"]
 
 # Columns added to TRL's inputs; TRL shuffles and splits them with the rest of the batch.
-KEEP_KEY = "entropy_keep"              # bool [B, T]
-WEIGHT_KEY = "entropy_weight"          # float [B, T]
+KEEP_KEY = "entropy_keep"  # bool [B, T]
+WEIGHT_KEY = "entropy_weight"  # float [B, T]
 SELECTED_PREFIX = "entropy_selected/"  # bool [B, T] per regulariser that picks its tokens
 NUM_TOKENS_KEY = "entropy_num_tokens"  # 0-dim: global kept-token count (kept whole by TRL)
-NUM_SEQS_KEY = "entropy_num_seqs"      # 0-dim: global count of sequences with a kept token
+NUM_SEQS_KEY = "entropy_num_seqs"  # 0-dim: global count of sequences with a kept token
 
 # TRL loss_type -> our aggregation mode, for the method's own surrogate (docs/architecture.md).
 _AGGREGATION = {
@@ -75,10 +75,12 @@ class EntropyGRPOConfig(GRPOConfig):
     )
     entropy_probe_steps: int = field(
         default=0,
-        metadata={"help": "every this many optimiser steps, re-measure the entropy of the last "
-                          "micro-batch after the update beside the first-order predictions "
-                          "(entropy/measured_delta, entropy/pred_delta, probe/*); 0 = off. "
-                          "Holds that micro-batch's [b, T, V] logits twice."},
+        metadata={
+            "help": "every this many optimiser steps, re-measure the entropy of the last "
+            "micro-batch after the update beside the first-order predictions "
+            "(entropy/measured_delta, entropy/pred_delta, probe/*); 0 = off. "
+            "Holds that micro-batch's [b, T, V] logits twice."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -132,7 +134,7 @@ def _uses_trl_surrogate(method) -> bool:
     """True when the method is TRL's own loss plus filters: the plain default `ppo` term."""
     surrogate = method.surrogate
     default = type(surrogate)() if surrogate.name == "ppo" else None
-    return (surrogate == default and not method.regularisers and not method.reweights)
+    return surrogate == default and not method.regularisers and not method.reweights
 
 
 class EntropyGRPOTrainer(GRPOTrainer):
@@ -179,16 +181,22 @@ class EntropyGRPOTrainer(GRPOTrainer):
         rows = self.args.entropy_chunk_rows or self.args.per_device_train_batch_size
         parts = []
         for start in range(0, input_ids.size(0), rows):
-            ids, att = input_ids[start:start + rows], attention_mask[start:start + rows]
+            ids, att = input_ids[start : start + rows], attention_mask[start : start + rows]
             # The same backbone call as TRL's fused LM head, so log p matches TRL's own.
             with self.accelerator.autocast():
                 hidden = model.base_model(input_ids=ids, attention_mask=att, use_cache=False)
-            hidden = hidden.last_hidden_state[:, -T - 1:-1]  # (b, T, D): position t predicts t+1
-            mask = output["completion_mask"][start:start + rows].bool()
-            parts.append(token_stats_from_hidden(
-                hidden, weight, completion_ids[start:start + rows], bias=bias,
-                temperature=self.temperature, mask=mask,
-            ))
+            hidden = hidden.last_hidden_state[:, -T - 1 : -1]  # (b, T, D): position t predicts t+1
+            mask = output["completion_mask"][start : start + rows].bool()
+            parts.append(
+                token_stats_from_hidden(
+                    hidden,
+                    weight,
+                    completion_ids[start : start + rows],
+                    bias=bias,
+                    temperature=self.temperature,
+                    mask=mask,
+                )
+            )
         return type(parts[0])(*(torch.cat(fields, dim=0) for fields in zip(*parts, strict=True)))
 
     def _generate_and_score_completions(self, inputs):
@@ -225,8 +233,11 @@ class EntropyGRPOTrainer(GRPOTrainer):
             output["num_items_in_batch"] = plan.num_tokens.to(output["num_items_in_batch"])
         self.last_token_batch, self.last_plan = batch, plan
         metrics = dict(plan.metrics)
-        metrics.update(diagnostics.entropy_metrics(
-            batch.entropy, batch.discriminator, mask, baseline=stats.baseline))
+        metrics.update(
+            diagnostics.entropy_metrics(
+                batch.entropy, batch.discriminator, mask, baseline=stats.baseline
+            )
+        )
         for name, value in metrics.items():
             self._metrics[mode][name].append(float(value))
         return output
@@ -265,21 +276,31 @@ class EntropyGRPOTrainer(GRPOTrainer):
             advantages = advantages.unsqueeze(1)
         plan = _micro_plan(inputs)
         per_token, metrics = self.method.token_loss(
-            logprobs=logprobs, old_logprobs=old_logprobs,
-            advantages=advantages.expand_as(logprobs), plan=plan, entropy=entropy,
+            logprobs=logprobs,
+            old_logprobs=old_logprobs,
+            advantages=advantages.expand_as(logprobs),
+            plan=plan,
+            entropy=entropy,
             ref_logprobs=inputs.get("ref_per_token_logps"),
         )
         mode = "train" if self.model.training else "eval"
         loss = aggregate(
-            per_token, plan.keep, _AGGREGATION[self.loss_type], num_tokens=plan.num_tokens,
-            num_seqs=plan.num_seqs, max_len=self.max_completion_length,
+            per_token,
+            plan.keep,
+            _AGGREGATION[self.loss_type],
+            num_tokens=plan.num_tokens,
+            num_seqs=plan.num_seqs,
+            max_len=self.max_completion_length,
         )
         if mode == "train":
             # The sum over one generation batch's micro-batches (all ranks) is the batch loss;
             # DDP averages over ranks and one optimiser step spans gradient_accumulation_steps
             # of the steps_per_generation micro-batches.
-            loss = loss * (self.accelerator.num_processes * self.args.steps_per_generation
-                           / self.current_gradient_accumulation_steps)
+            loss = loss * (
+                self.accelerator.num_processes
+                * self.args.steps_per_generation
+                / self.current_gradient_accumulation_steps
+            )
         for name, value in metrics.items():
             value = value.detach()
             self._metrics[mode][name].append(float(value))
@@ -308,7 +329,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
         T = inputs["completion_ids"].size(1)
         with self.accelerator.autocast():
             logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits
-        return logits[:, -T - 1:-1].float()
+        return logits[:, -T - 1 : -1].float()
 
     def _probe_before(self, inputs) -> None:
         """Keep the micro-batch and its logits; `_ProbeCallback` measures after the step."""
@@ -327,9 +348,14 @@ class EntropyGRPOTrainer(GRPOTrainer):
         # Theorem 3.3's nominal step alpha = lr * r * A * w; r = 1: the plan is made on-policy
         alpha = lr * advantages.expand_as(keep) * keep * inputs[WEIGHT_KEY]
         mask = inputs["completion_mask"].bool()
-        metrics = entropy_probe(old_logits, self._completion_logits(inputs),
-                                inputs["completion_ids"], mask, alpha,
-                                temperature=self.temperature)
+        metrics = entropy_probe(
+            old_logits,
+            self._completion_logits(inputs),
+            inputs["completion_ids"],
+            mask,
+            alpha,
+            temperature=self.temperature,
+        )
         for name, value in metrics.items():
             self._metrics["train"][name].append(float(value))
 
@@ -347,7 +373,15 @@ class _ProbeCallback(TrainerCallback):
 
 def _micro_plan(inputs) -> Plan:
     """This micro-batch's rows of the plan: its parts travel as input columns."""
-    selected = {key[len(SELECTED_PREFIX):]: value for key, value in inputs.items()
-                if key.startswith(SELECTED_PREFIX)}
-    return Plan(keep=inputs[KEEP_KEY], weight=inputs[WEIGHT_KEY], selected=selected,
-                num_tokens=inputs[NUM_TOKENS_KEY], num_seqs=inputs[NUM_SEQS_KEY])
+    selected = {
+        key[len(SELECTED_PREFIX) :]: value
+        for key, value in inputs.items()
+        if key.startswith(SELECTED_PREFIX)
+    }
+    return Plan(
+        keep=inputs[KEEP_KEY],
+        weight=inputs[WEIGHT_KEY],
+        selected=selected,
+        num_tokens=inputs[NUM_TOKENS_KEY],
+        num_seqs=inputs[NUM_SEQS_KEY],
+    )

@@ -33,10 +33,10 @@ from entropy_dynamics.token_stats import discriminator_from_logprobs
 
 __all__ = ["LOSS_NAMES", "apply_entropy_masks", "discriminator_from_logprobs"]
 
-VALID_MASK_KEY = "entropy_valid_mask"   # the response mask before the method's filters
-KEEP_KEY = "entropy_keep"               # bool [B, T]: the tokens the method keeps
+VALID_MASK_KEY = "entropy_valid_mask"  # the response mask before the method's filters
+KEEP_KEY = "entropy_keep"  # bool [B, T]: the tokens the method keeps
 ENTROPY_KEYS = ("entropy", "entropys")  # verl v1 / legacy trainer names for H
-BASELINE_KEY = "entropy_baseline"       # N, when the caller computed it (Clip_V needs it)
+BASELINE_KEY = "entropy_baseline"  # N, when the caller computed it (Clip_V needs it)
 
 
 # --------------------------------------------------------------------------- policy losses
@@ -50,8 +50,9 @@ def _surrogate(name: str, config) -> methods.Surrogate:
     if name == "pg":
         return methods.get_part("pg")()
     if name == "ppo":  # verl's vanilla loss always applies the dual clip at clip_ratio_c
-        return methods.get_part("ppo")(eps_low=eps_low, eps_high=eps_high,
-                                       dual_clip=config.get("clip_ratio_c", 3.0))
+        return methods.get_part("ppo")(
+            eps_low=eps_low, eps_high=eps_high, dual_clip=config.get("clip_ratio_c", 3.0)
+        )
     return methods.get_part(name)(eps_low=eps_low, eps_high=eps_high)
 
 
@@ -70,16 +71,22 @@ def _policy_loss(name: str):
         per_token, diag = _surrogate(name, config).loss(log_prob, old_log_prob, advantages)
         if rollout_is_weights is not None:
             per_token = per_token * rollout_is_weights
-        loss = core_algos.agg_loss(loss_mat=per_token, loss_mask=response_mask,
-                                   loss_agg_mode=loss_agg_mode, **config.global_batch_info)
-        metrics = {"actor/ppo_kl": verl_F.masked_mean(old_log_prob - log_prob,
-                                                      response_mask).item()}
+        loss = core_algos.agg_loss(
+            loss_mat=per_token,
+            loss_mask=response_mask,
+            loss_agg_mode=loss_agg_mode,
+            **config.global_batch_info,
+        )
+        metrics = {
+            "actor/ppo_kl": verl_F.masked_mean(old_log_prob - log_prob, response_mask).item()
+        }
         if "clipped_low" in diag:  # verl's names: either ratio clip, then the dual clip
             clipped = diag["clipped_low"] | diag["clipped_high"]
             metrics["actor/pg_clipfrac"] = verl_F.masked_mean(clipped.float(), response_mask).item()
         if "dual_clipped" in diag:
             metrics["actor/pg_clipfrac_lower"] = verl_F.masked_mean(
-                diag["dual_clipped"].float(), response_mask).item()
+                diag["dual_clipped"].float(), response_mask
+            ).item()
         return loss, metrics
 
     policy_loss.__name__ = f"ed_{name}_policy_loss"
@@ -138,8 +145,12 @@ def apply_entropy_masks(data, method: str | methods.Method, *, group=None) -> di
     baseline = _field(batch, (BASELINE_KEY,), "N", required=method.needs_baseline)
     advantages = batch["advantages"].float()
     tokens = TokenBatch(
-        mask=mask, advantages=advantages, logprobs=logprobs, old_logprobs=logprobs,
-        entropy=entropy, discriminator=discriminator_from_logprobs(logprobs, entropy),
+        mask=mask,
+        advantages=advantages,
+        logprobs=logprobs,
+        old_logprobs=logprobs,
+        entropy=entropy,
+        discriminator=discriminator_from_logprobs(logprobs, entropy),
         baseline=None if baseline is None else baseline.float(),
         ref_logprobs=_field(batch, ("ref_log_prob",), "reference log-probs", required=False),
     )
@@ -178,14 +189,18 @@ def _register_v1_trainer() -> bool:
                     "+entropy_dynamics.method='clip_b(mu=2.5)' (any entropy_dynamics spec)"
                 )
             fields = ["response_mask", "advantages", "old_log_probs", "entropy"]
-            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
-                                   select_fields=fields)
+            data = tq.kv_batch_get(
+                keys=batch.keys, partition_id=batch.partition_id, select_fields=fields
+            )
             response_mask = data["response_mask"]
             padded = data.to_padded_tensor()  # whole batch: (B, T) each
             metrics.update(apply_entropy_masks(padded, spec))
             masked = response_to_nested(padded["response_mask"], response_mask)
-            tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
-                            fields=TensorDict({"response_mask": masked}, batch_size=len(batch)))
+            tq.kv_batch_put(
+                keys=batch.keys,
+                partition_id=batch.partition_id,
+                fields=TensorDict({"response_mask": masked}, batch_size=len(batch)),
+            )
             return batch
 
     try:

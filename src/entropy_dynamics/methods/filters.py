@@ -164,7 +164,9 @@ def sign_condition_mask(
     only the kept tokens are trained. Tokens with ``A = 0`` or ``S_* = 0`` are dropped.
     Example: A = [1, 1, -1], S = [0.2, -0.1, 0.3], sample=1, side=1 keeps only token 0.
     """
-    check_same_shape("sign_condition", discriminator=discriminator, advantages=advantages, mask=mask)
+    check_same_shape(
+        "sign_condition", discriminator=discriminator, advantages=advantages, mask=mask
+    )
     for arg, value in (("sample", sample), ("side", side)):
         if value not in (1, -1):
             raise ValueError(f"sign_condition: {arg} must be 1 or -1, got {value!r}")

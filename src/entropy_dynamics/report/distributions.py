@@ -12,8 +12,12 @@ from entropy_dynamics.report.runs import Run
 # (short name for the x-axis and legend, title, function of the dist arrays, arrays it needs)
 _QUANTITIES = (
     ("S*", "S* = p_k (H + log p_k)", lambda d: d["discriminator"], {"discriminator"}),
-    ("S* − N", "S* − N, the Thm 3.3 deviation", lambda d: d["discriminator"] - d["baseline"],
-     {"discriminator", "baseline"}),
+    (
+        "S* − N",
+        "S* − N, the Thm 3.3 deviation",
+        lambda d: d["discriminator"] - d["baseline"],
+        {"discriminator", "baseline"},
+    ),
 )
 
 
@@ -29,18 +33,30 @@ def draw_discriminator(runs: list[Run], colors: Colors) -> Drawn:
     """
     notes: list[str] = []
     with_dist = [run for run in runs if run.dist is not None]
-    notes += [f"{run.name}: no dist/step-N.npz (per-token S_* not saved)" for run in runs
-              if run.dist is None]
+    notes += [
+        f"{run.name}: no dist/step-N.npz (per-token S_* not saved)"
+        for run in runs
+        if run.dist is None
+    ]
     if not with_dist:
         return None, notes
     rows = [q for q in _QUANTITIES if any(q[3] <= run.dist.keys() for run in with_dist)]
     fig, axes = new_figure(len(rows), 2, panel_width=5.4, panel_height=3.5)
     for row_index, (short, title, compute, needs) in enumerate(rows):
-        per_run = {run.name: (compute(run.dist), run.dist["advantages"], run.dist_step,
-                              run.dist.get("keep"))
-                   for run in with_dist if needs <= run.dist.keys()}
-        notes += identical_notes(f"{short} and advantages", {
-            name: np.concatenate([values, adv]) for name, (values, adv, _, _) in per_run.items()})
+        per_run = {
+            run.name: (
+                compute(run.dist),
+                run.dist["advantages"],
+                run.dist_step,
+                run.dist.get("keep"),
+            )
+            for run in with_dist
+            if needs <= run.dist.keys()
+        }
+        notes += identical_notes(
+            f"{short} and advantages",
+            {name: np.concatenate([values, adv]) for name, (values, adv, _, _) in per_run.items()},
+        )
         pooled = np.concatenate([values for values, *_ in per_run.values()])
         low, high = float(pooled.min()), float(pooled.max())
         if high <= low:
@@ -54,12 +70,21 @@ def draw_discriminator(runs: list[Run], colors: Colors) -> Drawn:
                 chosen = values[side_mask]
                 if chosen.size == 0:
                     continue
-                label = (f"{name} (step {step}): {chosen.size} tokens, "
-                         f"{100.0 * float((chosen > 0).mean()):.0f}% > 0")
+                label = (
+                    f"{name} (step {step}): {chosen.size} tokens, "
+                    f"{100.0 * float((chosen > 0).mean()):.0f}% > 0"
+                )
                 if keep is not None:
                     label += f", {int((keep[side_mask] == 0).sum())} dropped"
-                ax.hist(chosen, bins=bins, density=True, histtype="step", linewidth=1.6,
-                        color=colors[name], label=label)
+                ax.hist(
+                    chosen,
+                    bins=bins,
+                    density=True,
+                    histtype="step",
+                    linewidth=1.6,
+                    color=colors[name],
+                    label=label,
+                )
             ax.axvline(0.0, color="0.4", linewidth=0.8, linestyle=":")
             _log_density_axis(ax)
             ax.set_title(f"{title}; tokens with {side}")
@@ -101,18 +126,26 @@ def draw_pass_rate_hist(runs: list[Run], colors: Colors) -> Drawn:
         return None, notes
     length = len(next(iter(hists.values()))[0])
     for name in [n for n, (h, _, _) in hists.items() if len(h) != length]:
-        notes.append(f"{name}: {len(hists[name][0]) - 1} samples per prompt, not {length - 1} "
-                     "as the first run; left out of the histogram")
+        notes.append(
+            f"{name}: {len(hists[name][0]) - 1} samples per prompt, not {length - 1} "
+            "as the first run; left out of the histogram"
+        )
         del hists[name]
-    fig, axes = new_figure(panel_width=min(10.0, 4.0 + 0.25 * length * len(hists)),
-                           panel_height=3.8)
+    fig, axes = new_figure(
+        panel_width=min(10.0, 4.0 + 0.25 * length * len(hists)), panel_height=3.8
+    )
     ax = axes[0, 0]
     width = 0.8 / len(hists)
     positions = np.arange(length, dtype=np.float64)
     for index, (name, (shares, step, total)) in enumerate(hists.items()):
         offset = (index - (len(hists) - 1) / 2) * width
-        ax.bar(positions + offset, shares, width=width, color=colors[name],
-               label=f"{name} (step {step}, {total} prompts)")
+        ax.bar(
+            positions + offset,
+            shares,
+            width=width,
+            color=colors[name],
+            label=f"{name} (step {step}, {total} prompts)",
+        )
     ax.set_xticks(positions, [str(c) for c in range(length)])
     ax.set_xlabel(f"samples correct out of n = {length - 1}")
     ax.set_ylabel("share of held-out prompts")

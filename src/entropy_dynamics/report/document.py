@@ -24,46 +24,94 @@ from entropy_dynamics.report.plotting import STYLE, run_colors
 from entropy_dynamics.report.runs import Run, load_runs
 
 FIGURES = (
-    FigureSpec("entropy.png", "Entropy per step", "Token-mean entropy of the sampled responses "
-               "at each training step, under the policy before the update.", draw_entropy),
-    FigureSpec("reward_accuracy.png", "Reward and held-out accuracy", "Left: mean training "
-               "reward per step. Right: held-out greedy accuracy (solid) and avg@k at the largest "
-               "k (dashed) at each evaluation.", draw_reward_accuracy),
-    FigureSpec("at_k.png", "avg@k and pass@k", "avg@k (mean accuracy of k samples) and unbiased "
-               "pass@k against k, from each run's last evaluation. avg@k estimates the same "
-               "per-sample accuracy for every k, so its lines are flat; pass@k rises with k, and "
-               "faster for a policy that keeps more diverse answers.", draw_at_k),
-    FigureSpec("entropy_prediction.png", "Predicted vs measured entropy change", "At each probe "
-               "step: the first-order predictions of the batch-mean entropy change against the "
-               "change measured at the same positions after the update. Points on the dashed "
-               "line are predicted exactly.", draw_prediction),
-    FigureSpec("discriminator.png", "S* split by advantage sign", "Distribution of the entropy "
-               "discriminator S* (and of S* − N) over the tokens of the latest saved batch, for "
-               "tokens with positive and negative advantage.", draw_discriminator),
-    FigureSpec("drop_fractions.png", "Tokens dropped or clipped", "Fraction of valid response "
-               "tokens removed from the policy-gradient loss by each filter, per step.",
-               draw_drop_fractions),
-    FigureSpec("pass_rate_hist.png", "Pass-rate histogram", "Share of held-out prompts with c of "
-               "the n samples correct, at the last evaluation.", draw_pass_rate_hist),
+    FigureSpec(
+        "entropy.png",
+        "Entropy per step",
+        "Token-mean entropy of the sampled responses "
+        "at each training step, under the policy before the update.",
+        draw_entropy,
+    ),
+    FigureSpec(
+        "reward_accuracy.png",
+        "Reward and held-out accuracy",
+        "Left: mean training "
+        "reward per step. Right: held-out greedy accuracy (solid) and avg@k at the largest "
+        "k (dashed) at each evaluation.",
+        draw_reward_accuracy,
+    ),
+    FigureSpec(
+        "at_k.png",
+        "avg@k and pass@k",
+        "avg@k (mean accuracy of k samples) and unbiased "
+        "pass@k against k, from each run's last evaluation. avg@k estimates the same "
+        "per-sample accuracy for every k, so its lines are flat; pass@k rises with k, and "
+        "faster for a policy that keeps more diverse answers.",
+        draw_at_k,
+    ),
+    FigureSpec(
+        "entropy_prediction.png",
+        "Predicted vs measured entropy change",
+        "At each probe "
+        "step: the first-order predictions of the batch-mean entropy change against the "
+        "change measured at the same positions after the update. Points on the dashed "
+        "line are predicted exactly.",
+        draw_prediction,
+    ),
+    FigureSpec(
+        "discriminator.png",
+        "S* split by advantage sign",
+        "Distribution of the entropy "
+        "discriminator S* (and of S* − N) over the tokens of the latest saved batch, for "
+        "tokens with positive and negative advantage.",
+        draw_discriminator,
+    ),
+    FigureSpec(
+        "drop_fractions.png",
+        "Tokens dropped or clipped",
+        "Fraction of valid response "
+        "tokens removed from the policy-gradient loss by each filter, per step.",
+        draw_drop_fractions,
+    ),
+    FigureSpec(
+        "pass_rate_hist.png",
+        "Pass-rate histogram",
+        "Share of held-out prompts with c of the n samples correct, at the last evaluation.",
+        draw_pass_rate_hist,
+    ),
 )
 
 # (column key, header) of the comparison table, in order.
 _COLUMNS = (
-    ("name", "run"), ("method", "method"), ("seed", "seed"), ("steps", "steps"),
-    ("entropy_start", "entropy, first step (nats)"), ("entropy", "entropy, last step (nats)"),
-    ("reward", "reward, last step"), ("eval_step", "eval step"), ("greedy_acc", "greedy acc"),
-    ("avg@k", "avg@k"), ("pass@k", "pass@k"), ("k", "k"),
+    ("name", "run"),
+    ("method", "method"),
+    ("seed", "seed"),
+    ("steps", "steps"),
+    ("entropy_start", "entropy, first step (nats)"),
+    ("entropy", "entropy, last step (nats)"),
+    ("reward", "reward, last step"),
+    ("eval_step", "eval step"),
+    ("greedy_acc", "greedy acc"),
+    ("avg@k", "avg@k"),
+    ("pass@k", "pass@k"),
+    ("k", "k"),
 )
 
 
 def _summary_row(run: Run) -> dict[str, Any]:
     first_entropy = next((row[keys.ENTROPY] for row in run.metrics if keys.ENTROPY in row), None)
     row: dict[str, Any] = {
-        "name": run.name, "method": run.method, "seed": run.seed,
+        "name": run.name,
+        "method": run.method,
+        "seed": run.seed,
         "steps": run.metrics[-1]["step"] if run.metrics else None,
-        "entropy_start": first_entropy, "entropy": run.last(keys.ENTROPY),
+        "entropy_start": first_entropy,
+        "entropy": run.last(keys.ENTROPY),
         "reward": run.last(keys.REWARD),
-        "eval_step": None, "greedy_acc": None, "avg@k": None, "pass@k": None, "k": None,
+        "eval_step": None,
+        "greedy_acc": None,
+        "avg@k": None,
+        "pass@k": None,
+        "k": None,
     }
     if run.evals:
         last = run.evals[-1]
@@ -117,9 +165,14 @@ def _render_figures(runs: list[Run], figure_dir: Path) -> list[_Section]:
 
 
 def _markdown(title: str, runs: list[Run], rows: list[dict], sections: list[_Section]) -> str:
-    lines = [f"# {title}", "", "Runs: " + ", ".join(f"`{run.path}`" for run in runs), "",
-             "| " + " | ".join(header for _, header in _COLUMNS) + " |",
-             "|" + "---|" * len(_COLUMNS)]
+    lines = [
+        f"# {title}",
+        "",
+        "Runs: " + ", ".join(f"`{run.path}`" for run in runs),
+        "",
+        "| " + " | ".join(header for _, header in _COLUMNS) + " |",
+        "|" + "---|" * len(_COLUMNS),
+    ]
     for row in rows:
         cells = [_cell(row[key]).replace("|", "\\|") for key, _ in _COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
@@ -128,8 +181,11 @@ def _markdown(title: str, runs: list[Run], rows: list[dict], sections: list[_Sec
         if section.image is None:
             lines.append("*Skipped: nothing to draw.*")
         else:
-            lines += [f"![{section.spec.title}](figures/{section.image.name})", "",
-                      section.spec.caption]
+            lines += [
+                f"![{section.spec.title}](figures/{section.image.name})",
+                "",
+                section.spec.caption,
+            ]
         lines += [f"- Note: {note}" for note in section.notes]
     run_notes = [(run.name, note) for run in runs for note in run.notes]
     if run_notes:
@@ -151,15 +207,20 @@ img { max-width: 100%; height: auto; border: 1px solid #eee; }
 
 def _html(title: str, runs: list[Run], rows: list[dict], sections: list[_Section]) -> str:
     esc = html.escape
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{esc(title)}</h1>",
-             "<p>Runs: " + ", ".join(f"<code>{esc(str(run.path))}</code>" for run in runs) + "</p>",
-             "<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for _, h in _COLUMNS)
-             + "</tr></thead><tbody>"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        "<p>Runs: " + ", ".join(f"<code>{esc(str(run.path))}</code>" for run in runs) + "</p>",
+        "<table><thead><tr>"
+        + "".join(f"<th>{esc(h)}</th>" for _, h in _COLUMNS)
+        + "</tr></thead><tbody>",
+    ]
     for row in rows:
-        parts.append("<tr>" + "".join(f"<td>{esc(_cell(row[k]))}</td>" for k, _ in _COLUMNS)
-                     + "</tr>")
+        parts.append(
+            "<tr>" + "".join(f"<td>{esc(_cell(row[k]))}</td>" for k, _ in _COLUMNS) + "</tr>"
+        )
     parts.append("</tbody></table>")
     for section in sections:
         parts.append(f"<h2>{esc(section.spec.title)}</h2>")
@@ -167,9 +228,11 @@ def _html(title: str, runs: list[Run], rows: list[dict], sections: list[_Section
             parts.append('<p class="note"><em>Skipped: nothing to draw.</em></p>')
         else:
             data = base64.b64encode(section.image.read_bytes()).decode("ascii")
-            parts.append(f'<figure><img alt="{esc(section.spec.title)}" '
-                         f'src="data:image/png;base64,{data}">'
-                         f"<figcaption>{esc(section.spec.caption)}</figcaption></figure>")
+            parts.append(
+                f'<figure><img alt="{esc(section.spec.title)}" '
+                f'src="data:image/png;base64,{data}">'
+                f"<figcaption>{esc(section.spec.caption)}</figcaption></figure>"
+            )
         parts += [f'<p class="note">Note: {esc(note)}</p>' for note in section.notes]
     run_notes = [(run.name, note) for run in runs for note in run.notes]
     if run_notes:

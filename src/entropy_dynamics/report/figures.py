@@ -52,8 +52,9 @@ def draw_entropy(runs: list[Run], colors: Colors) -> Drawn:
     for run in runs:
         steps, values = _series_or_note(run, keys.ENTROPY, notes)
         if steps.size:
-            ax.plot(steps, values, color=colors[run.name], label=run.name,
-                    **plot_kwargs(steps.size))
+            ax.plot(
+                steps, values, color=colors[run.name], label=run.name, **plot_kwargs(steps.size)
+            )
             drawn[run.name] = np.concatenate([steps, values])
     if not drawn:
         return None, notes
@@ -94,12 +95,19 @@ def draw_reward_accuracy(runs: list[Run], colors: Colors) -> Drawn:
         color = colors[run.name]
         if window > 1 and steps.size >= window:
             ax_reward.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
-            ax_reward.plot(steps[window - 1:], trailing_mean(values, window), color=color,
-                           label=run.name, linewidth=1.8)
+            ax_reward.plot(
+                steps[window - 1 :],
+                trailing_mean(values, window),
+                color=color,
+                label=run.name,
+                linewidth=1.8,
+            )
         else:
             ax_reward.plot(steps, values, color=color, label=run.name, **plot_kwargs(steps.size))
-    notes += identical_notes(f"'{keys.REWARD}'", {name: np.concatenate(series) for name, series
-                                                  in rewards.items() if series[0].size})
+    notes += identical_notes(
+        f"'{keys.REWARD}'",
+        {name: np.concatenate(series) for name, series in rewards.items() if series[0].size},
+    )
     if have_reward:
         smooth = f"\nthin: per step; thick: mean of the last {window} steps" if window > 1 else ""
         ax_reward.set_title("Training reward" + smooth)
@@ -125,8 +133,13 @@ def _draw_heldout(ax, runs: list[Run], colors: Colors) -> None:
         for points, style in ((greedy, "-"), (avg, "--")):
             if points:
                 steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, linestyle=style, color=colors[run.name],
-                        **plot_kwargs(len(steps)))
+                ax.plot(
+                    steps,
+                    values,
+                    linestyle=style,
+                    color=colors[run.name],
+                    **plot_kwargs(len(steps)),
+                )
         handles.append(Line2D([], [], color=colors[run.name], label=run.name))
     if any("greedy_acc" in e for run in runs for e in run.evals):
         handles.append(Line2D([], [], color="0.3", linestyle="-", label="greedy accuracy"))
@@ -154,8 +167,14 @@ def draw_at_k(runs: list[Run], colors: Colors) -> Drawn:
                 notes.append(f"{run.name}: no '{key}' in eval.jsonl")
                 continue
             ks = np.array(list(row[key]), dtype=float)
-            ax.plot(ks, list(row[key].values()), color=colors[run.name], marker="o",
-                    markersize=4, label=f"{run.name} (step {row['step']})")
+            ax.plot(
+                ks,
+                list(row[key].values()),
+                color=colors[run.name],
+                marker="o",
+                markersize=4,
+                label=f"{run.name} (step {row['step']})",
+            )
             all_k.update(row[key])
             drawn[run.name] = np.array([*row[key].items()], dtype=float)
             plotted += 1
@@ -163,8 +182,11 @@ def draw_at_k(runs: list[Run], colors: Colors) -> Drawn:
         ax.set_xlabel("k (samples per prompt)")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{key} on held-out prompts (last evaluation)")
-        ax.set_ylabel("share of prompts solved within k samples" if key == "pass@k"
-                      else "mean accuracy of k samples")
+        ax.set_ylabel(
+            "share of prompts solved within k samples"
+            if key == "pass@k"
+            else "mean accuracy of k samples"
+        )
     if not plotted:
         return None, notes
     ticks = sorted(all_k)
@@ -184,8 +206,10 @@ def _probe_pairs(runs: list[Run], key: str) -> dict[str, tuple[np.ndarray, np.nd
     for run in runs:
         rows = [r for r in run.metrics if key in r and keys.MEASURED_DELTA in r]
         if rows:
-            pairs[run.name] = (np.array([r[key] for r in rows]),
-                               np.array([r[keys.MEASURED_DELTA] for r in rows]))
+            pairs[run.name] = (
+                np.array([r[key] for r in rows]),
+                np.array([r[keys.MEASURED_DELTA] for r in rows]),
+            )
     return pairs
 
 
@@ -213,29 +237,47 @@ def draw_prediction(runs: list[Run], colors: Colors) -> Drawn:
         meas_all = np.concatenate([m for _, m in pairs.values()])
         ex = _exponent(np.concatenate([pred_all, meas_all]) if quantitative else pred_all)
         ey = ex if quantitative else _exponent(meas_all)
-        notes += identical_notes(f"'{key}' and '{keys.MEASURED_DELTA}'",
-                                 {name: np.concatenate(pair) for name, pair in pairs.items()})
+        notes += identical_notes(
+            f"'{key}' and '{keys.MEASURED_DELTA}'",
+            {name: np.concatenate(pair) for name, pair in pairs.items()},
+        )
         for name, (pred, meas) in pairs.items():
-            ax.scatter(pred / 10.0**ex, meas / 10.0**ey, s=20, alpha=0.8, color=colors[name],
-                       label=f"{name}: r = {format_ratio(pearson(pred, meas))}, n = {pred.size}")
+            ax.scatter(
+                pred / 10.0**ex,
+                meas / 10.0**ey,
+                s=20,
+                alpha=0.8,
+                color=colors[name],
+                label=f"{name}: r = {format_ratio(pearson(pred, meas))}, n = {pred.size}",
+            )
         ax.axhline(0, color="0.6", linewidth=0.7)
         ax.axvline(0, color="0.6", linewidth=0.7)
-        r_text = f"Pearson r = {format_ratio(pearson(pred_all, meas_all))} over {pred_all.size} probes"
+        r_text = (
+            f"Pearson r = {format_ratio(pearson(pred_all, meas_all))} over {pred_all.size} probes"
+        )
         if quantitative:
             low = min(pred_all.min(), meas_all.min()) / 10.0**ex
             high = max(pred_all.max(), meas_all.max()) / 10.0**ex
             pad = 0.06 * (high - low) if high > low else 1.0
             limits = (low - pad, high + pad)
-            ax.plot(limits, limits, color="0.4", linestyle="--", linewidth=1,
-                    label="measured = predicted")
+            ax.plot(
+                limits,
+                limits,
+                color="0.4",
+                linestyle="--",
+                linewidth=1,
+                label="measured = predicted",
+            )
             ax.set_xlim(limits)
             ax.set_ylim(limits)
             ax.set_title(f"Logit-space prediction  −Σ_j S_j Δz_j\n{r_text}")
         else:
             moving = pred_all != 0
             agree = int((np.sign(pred_all) == np.sign(meas_all))[moving].sum())
-            ax.set_title(f"Paper's prediction  −α (S* − N)  (Thm 3.3)\n{r_text}; "
-                         f"sign agrees at {agree}/{int(moving.sum())}")
+            ax.set_title(
+                f"Paper's prediction  −α (S* − N)  (Thm 3.3)\n{r_text}; "
+                f"sign agrees at {agree}/{int(moving.sum())}"
+            )
         ax.set_xlabel(f"predicted ΔH ({_unit(ex)})  [{key}]")
         ax.set_ylabel(f"measured ΔH ({_unit(ey)})  [{keys.MEASURED_DELTA}]")
         ax.legend(loc="upper left")
@@ -265,8 +307,9 @@ def draw_drop_fractions(runs: list[Run], colors: Colors) -> Drawn:
     if not found:
         return None, ["no '*/frac_dropped' or PPO clip-fraction metric in any run"]
     drop_keys = [k for k in found if any(np.any(run.series(k)[1] != 0) for run in runs)]
-    notes = [f"'{k}' is 0 at every step of every run; not drawn" for k in found
-             if k not in drop_keys]
+    notes = [
+        f"'{k}' is 0 at every step of every run; not drawn" for k in found if k not in drop_keys
+    ]
     if not drop_keys:
         return None, notes
     ncols = min(3, len(drop_keys))
@@ -277,8 +320,9 @@ def draw_drop_fractions(runs: list[Run], colors: Colors) -> Drawn:
         for run in runs:
             steps, values = run.series(key)
             if steps.size:
-                ax.plot(steps, values, color=colors[run.name], label=run.name,
-                        **plot_kwargs(steps.size))
+                ax.plot(
+                    steps, values, color=colors[run.name], label=run.name, **plot_kwargs(steps.size)
+                )
                 drawn[run.name] = np.concatenate([steps, values])
         notes += identical_notes(f"'{key}'", drawn)
         ax.set_title(key)
@@ -287,6 +331,6 @@ def draw_drop_fractions(runs: list[Run], colors: Colors) -> Drawn:
         ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{100 * value:.3g}%"))
         ax.set_ylim(bottom=0)
         ax.legend()
-    for ax in list(axes.flat)[len(drop_keys):]:
+    for ax in list(axes.flat)[len(drop_keys) :]:
         ax.set_visible(False)
     return fig, notes

@@ -34,8 +34,9 @@ def run_colors(names: Sequence[str]) -> dict[str, tuple[float, float, float, flo
     return {name: palette(i % size) for i, name in enumerate(names)}
 
 
-def new_figure(nrows: int = 1, ncols: int = 1, *, panel_width: float = 5.2,
-               panel_height: float = 3.6) -> tuple[Figure, np.ndarray]:
+def new_figure(
+    nrows: int = 1, ncols: int = 1, *, panel_width: float = 5.2, panel_height: float = 3.6
+) -> tuple[Figure, np.ndarray]:
     """A Figure (no pyplot, so no global backend state) and its axes as a 2-D array."""
     fig = Figure(figsize=(panel_width * ncols, panel_height * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
@@ -95,5 +96,9 @@ def identical_notes(what: str, data: dict[str, np.ndarray]) -> list[str]:
                 break
         else:
             groups.append([name])
-    return [f"{', '.join(group)} have identical {what}; their marks overlap and only "
-            f"{group[-1]} is visible" for group in groups if len(group) > 1]
+    return [
+        f"{', '.join(group)} have identical {what}; their marks overlap and only "
+        f"{group[-1]} is visible"
+        for group in groups
+        if len(group) > 1
+    ]

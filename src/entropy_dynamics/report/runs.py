@@ -170,8 +170,11 @@ def _clean_evals(rows: list[dict[str, Any]], notes: list[str]) -> list[dict[str,
         if isinstance(step, bool) or not isinstance(step, int):
             notes.append("eval.jsonl: skipped a line without an integer 'step'")
             continue
-        clean: dict[str, Any] = {"step": step, "avg@k": _by_k(row.get("avg@k")),
-                                 "pass@k": _by_k(row.get("pass@k"))}
+        clean: dict[str, Any] = {
+            "step": step,
+            "avg@k": _by_k(row.get("avg@k")),
+            "pass@k": _by_k(row.get("pass@k")),
+        }
         for key in ("greedy_acc", "k", "num_prompts"):
             number = _as_float(row.get(key))
             if number is not None:
@@ -220,8 +223,9 @@ def _read_dist(run_dir: Path, notes: list[str]) -> tuple[dict[str, np.ndarray] |
         return None, None
     finite = np.logical_and.reduce([np.isfinite(values) for values in arrays.values()])
     if not finite.all():
-        notes.append(f"dist/{path.name}: left out {int((~finite).sum())} token(s) with a "
-                     "non-finite value")
+        notes.append(
+            f"dist/{path.name}: left out {int((~finite).sum())} token(s) with a non-finite value"
+        )
         arrays = {key: values[finite] for key, values in arrays.items()}
     if not finite.any():
         return None, None
@@ -232,11 +236,15 @@ def load_run(run_dir: Path) -> Run:
     """Read one run directory (see docs/report.md for the schema)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ValueError(f"run_dirs: {str(run_dir)!r} is not a directory; pass run directories "
-                         "written by the trainer (with metrics.jsonl and/or eval.jsonl)")
+        raise ValueError(
+            f"run_dirs: {str(run_dir)!r} is not a directory; pass run directories "
+            "written by the trainer (with metrics.jsonl and/or eval.jsonl)"
+        )
     if not (run_dir / "metrics.jsonl").is_file() and not (run_dir / "eval.jsonl").is_file():
-        raise ValueError(f"run_dirs: {str(run_dir)!r} has neither metrics.jsonl nor eval.jsonl; "
-                         "is it a run directory?")
+        raise ValueError(
+            f"run_dirs: {str(run_dir)!r} has neither metrics.jsonl nor eval.jsonl; "
+            "is it a run directory?"
+        )
     notes: list[str] = []
     config: dict[str, Any] = {}
     config_path = run_dir / "config.yaml"
@@ -251,8 +259,16 @@ def load_run(run_dir: Path) -> Run:
     evals = _clean_evals(_read_jsonl(run_dir / "eval.jsonl", notes), notes)
     dist, dist_step = _read_dist(run_dir, notes)
     name = _first(config, ("name",), ("run", "name"), ("logging", "name"))
-    return Run(name=str(name) if name is not None else run_dir.name, path=run_dir, config=config,
-               metrics=metrics, evals=evals, dist=dist, dist_step=dist_step, notes=notes)
+    return Run(
+        name=str(name) if name is not None else run_dir.name,
+        path=run_dir,
+        config=config,
+        metrics=metrics,
+        evals=evals,
+        dist=dist,
+        dist_step=dist_step,
+        notes=notes,
+    )
 
 
 def load_runs(run_dirs: list[Path]) -> list[Run]:

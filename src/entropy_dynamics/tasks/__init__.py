@@ -52,10 +52,14 @@ def get(name: str, **kwargs) -> Task:
     try:
         inspect.signature(factory).bind(**kwargs)
     except TypeError as err:
-        params = [p for p in inspect.signature(factory).parameters.values()
-                  if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        raise ValueError(f"task {name!r}: {err}; its options are "
-                         f"{[p.name for p in params]}") from err
+        params = [
+            p
+            for p in inspect.signature(factory).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        raise ValueError(
+            f"task {name!r}: {err}; its options are {[p.name for p in params]}"
+        ) from err
     return factory(**kwargs)
 
 

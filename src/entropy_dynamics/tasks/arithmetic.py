@@ -61,7 +61,12 @@ class ArithmeticTask(Task):
     name = "arithmetic"
 
     def __init__(
-        self, *, digits: int = 2, ops: str = "+-", terms: int = 2, test_fraction: float = 0.2,
+        self,
+        *,
+        digits: int = 2,
+        ops: str = "+-",
+        terms: int = 2,
+        test_fraction: float = 0.2,
         strict: bool = False,
     ) -> None:
         if isinstance(digits, bool) or not isinstance(digits, int) or digits < 1:
@@ -69,8 +74,9 @@ class ArithmeticTask(Task):
         if isinstance(terms, bool) or not isinstance(terms, int) or terms < 2:
             raise ValueError(f"terms must be an int >= 2, got {terms!r}")
         if not isinstance(ops, str) or not ops or set(ops) - set(VALID_OPS):
-            raise ValueError(f"ops must be a non-empty string of characters from {VALID_OPS!r}, "
-                             f"got {ops!r}")
+            raise ValueError(
+                f"ops must be a non-empty string of characters from {VALID_OPS!r}, got {ops!r}"
+            )
         self.digits, self.terms, self.ops = digits, terms, "".join(sorted(set(ops)))
         if not isinstance(strict, bool):
             raise ValueError(f"strict must be True or False, got {strict!r}")
@@ -89,15 +95,21 @@ class ArithmeticTask(Task):
             f"{value}{op}" for value, op in zip(operands, [*operators, ""], strict=True)
         )
         value = evaluate(operands, operators)
-        return Problem(prompt=expression + "=", answer=str(value),
-                       meta={"operands": operands, "operators": operators})
+        return Problem(
+            prompt=expression + "=",
+            answer=str(value),
+            meta={"operands": operands, "operators": operators},
+        )
 
     def problems(self, split: Split, n: int, *, seed: int = 0) -> list[Problem]:
         check_split_request(split, n)
         rng = random.Random(stable_hash(self.name, split, seed))
         candidates: Iterator[Problem] = (self.draw(rng) for _ in itertools.count())
         return collect_split(
-            candidates, split, n, test_fraction=self.test_fraction,
+            candidates,
+            split,
+            n,
+            test_fraction=self.test_fraction,
             max_draws=50 * n + min(self.space_size * 20, 100_000),
             what=f"arithmetic(digits={self.digits}, ops={self.ops!r}, terms={self.terms})",
         )

@@ -76,8 +76,9 @@ class ReasoningGymTask(Task):
             raise ValueError(f"dataset must be one of {GYM_TASKS}, got {dataset!r}")
         gym = _import_reasoning_gym()
         _, config_cls = gym.factory.DATASETS[dataset]
-        allowed = sorted(f.name for f in dataclasses.fields(config_cls) if f.name not in
-                         ("seed", "size"))
+        allowed = sorted(
+            f.name for f in dataclasses.fields(config_cls) if f.name not in ("seed", "size")
+        )
         unknown = sorted(set(config) - set(allowed))
         if unknown:
             raise ValueError(f"unknown {dataset} option(s) {unknown}; valid options: {allowed}")
@@ -90,26 +91,38 @@ class ReasoningGymTask(Task):
         self.config = tuple(sorted(config.items()))
         self.test_fraction = check_fraction("test_fraction", test_fraction)
         self.partial_credit = bool(partial_credit)
-        self.worker = None if timeout_s is None else IsolatedWorker(
-            timeout_s=timeout_s, preload=("reasoning_gym",))
+        self.worker = (
+            None
+            if timeout_s is None
+            else IsolatedWorker(timeout_s=timeout_s, preload=("reasoning_gym",))
+        )
 
     def _candidates(self, split: str, seed: int, chunk_size: int) -> Iterator[Problem]:
         gym = _import_reasoning_gym()
         for chunk in itertools.count():
             ds_seed = stable_hash("reasoning_gym", self.dataset, split, seed, chunk) % 2**31
-            ds = gym.create_dataset(self.dataset, seed=ds_seed, size=chunk_size, **dict(self.config))
+            ds = gym.create_dataset(
+                self.dataset, seed=ds_seed, size=chunk_size, **dict(self.config)
+            )
             for index in range(chunk_size):
                 item = ds[index]
-                yield Problem(prompt=item["question"], answer=str(item["answer"]),
-                              meta={"dataset": self.dataset, "metadata": item["metadata"]})
+                yield Problem(
+                    prompt=item["question"],
+                    answer=str(item["answer"]),
+                    meta={"dataset": self.dataset, "metadata": item["metadata"]},
+                )
 
     def problems(self, split: Split, n: int, *, seed: int = 0) -> list[Problem]:
         check_split_request(split, n)
         share = self.test_fraction if split == "test" else 1.0 - self.test_fraction
         chunk_size = max(16, int(1.5 * n / share))
         return collect_split(
-            self._candidates(split, seed, chunk_size), split, n,
-            test_fraction=self.test_fraction, max_draws=20 * chunk_size, what=self.dataset,
+            self._candidates(split, seed, chunk_size),
+            split,
+            n,
+            test_fraction=self.test_fraction,
+            max_draws=20 * chunk_size,
+            what=self.dataset,
         )
 
     def format_prompt(self, problem: Problem) -> str:
@@ -119,8 +132,11 @@ class ReasoningGymTask(Task):
         return f"<answer>{problem.answer}</answer>"
 
     def reward(self, problem: Problem, completion: str) -> float:
-        entry = {"question": problem.prompt, "answer": problem.answer,
-                 "metadata": problem.meta.get("metadata", {})}
+        entry = {
+            "question": problem.prompt,
+            "answer": problem.answer,
+            "metadata": problem.meta.get("metadata", {}),
+        }
         args = (self.dataset, self.config, extract_tagged_answer(completion), entry)
         score = _score(*args) if self.worker is None else self.worker.call(_score, *args)
         if self.partial_credit:

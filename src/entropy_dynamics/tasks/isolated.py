@@ -127,8 +127,10 @@ class IsolatedWorker:
             if not ready:
                 self.timeouts += 1
                 self._stop()
-                raise RewardTimeout(f"{getattr(fn, '__name__', fn)} ran past "
-                                    f"{self.timeout_s:g} s; its worker process was killed")
+                raise RewardTimeout(
+                    f"{getattr(fn, '__name__', fn)} ran past "
+                    f"{self.timeout_s:g} s; its worker process was killed"
+                )
         if status == "error":
             raise RuntimeError(f"verifier raised in its worker: {value}")
         return value
@@ -145,7 +147,10 @@ class IsolatedWorker:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         process = subprocess.Popen(
             [sys.executable, str(_WORKER_SCRIPT), *self.preload],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            bufsize=0,
         )
         self._process = process
         try:

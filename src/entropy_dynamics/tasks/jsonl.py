@@ -37,8 +37,10 @@ def _read_jsonl(path: Path) -> list[dict]:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from err
             if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_no}: each line must be a JSON object, "
-                                 f"got {type(record).__name__}")
+                raise ValueError(
+                    f"{path}:{line_no}: each line must be a JSON object, "
+                    f"got {type(record).__name__}"
+                )
             records.append(record)
     return records
 
@@ -47,15 +49,19 @@ def _read_with_datasets(path: Path) -> list[dict]:
     try:
         import datasets
     except ImportError as err:
-        raise ImportError(f"reading {path.suffix} files needs the `datasets` package "
-                          f"(or convert the file to .jsonl)") from err
-    table = datasets.load_dataset(DATASETS_FORMATS[path.suffix], data_files=str(path),
-                                  split="train")
+        raise ImportError(
+            f"reading {path.suffix} files needs the `datasets` package "
+            f"(or convert the file to .jsonl)"
+        ) from err
+    table = datasets.load_dataset(
+        DATASETS_FORMATS[path.suffix], data_files=str(path), split="train"
+    )
     return [dict(row) for row in table]
 
 
-def read_records(path: str | Path, *, prompt_key: str = "prompt",
-                 answer_key: str = "answer") -> list[Problem]:
+def read_records(
+    path: str | Path, *, prompt_key: str = "prompt", answer_key: str = "answer"
+) -> list[Problem]:
     """Problems from `path` (.jsonl natively; .parquet / .json / .csv through `datasets`).
 
     Raises ValueError naming the file and record for a missing key or a wrong type.
@@ -68,22 +74,27 @@ def read_records(path: str | Path, *, prompt_key: str = "prompt",
     elif path.suffix in DATASETS_FORMATS:
         records = _read_with_datasets(path)
     else:
-        raise ValueError(f"path {str(path)!r}: unsupported extension {path.suffix!r}; "
-                         f"use one of ['.jsonl', {', '.join(map(repr, DATASETS_FORMATS))}]")
+        raise ValueError(
+            f"path {str(path)!r}: unsupported extension {path.suffix!r}; "
+            f"use one of ['.jsonl', {', '.join(map(repr, DATASETS_FORMATS))}]"
+        )
     problems = []
     for index, record in enumerate(records, start=1):
         where = f"{path} record {index}"
         missing = [key for key in (prompt_key, answer_key) if key not in record]
         if missing:
-            raise ValueError(f"{where}: missing key(s) {missing}; each record needs "
-                             f"{{{prompt_key!r}: str, {answer_key!r}: str}}, got keys "
-                             f"{sorted(record)}")
+            raise ValueError(
+                f"{where}: missing key(s) {missing}; each record needs "
+                f"{{{prompt_key!r}: str, {answer_key!r}: str}}, got keys "
+                f"{sorted(record)}"
+            )
         prompt, answer = record[prompt_key], record[answer_key]
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"{where}: {prompt_key!r} must be a non-empty string, got {prompt!r}")
         if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
-            raise ValueError(f"{where}: {answer_key!r} must be a string or a number, "
-                             f"got {type(answer).__name__}")
+            raise ValueError(
+                f"{where}: {answer_key!r} must be a string or a number, got {type(answer).__name__}"
+            )
         meta = {k: v for k, v in record.items() if k not in (prompt_key, answer_key)}
         problems.append(Problem(prompt=prompt, answer=str(answer), meta=meta))
     if not problems:
@@ -132,8 +143,9 @@ class JsonlTask(Task):
         check_split_request(split, n)
         pool = self.splits[split]
         if n > len(pool):
-            raise ValueError(f"{self.path}: the {split} split has {len(pool)} problems, "
-                             f"asked for n={n}")
+            raise ValueError(
+                f"{self.path}: the {split} split has {len(pool)} problems, asked for n={n}"
+            )
         order = list(range(len(pool)))
         random.Random(seed).shuffle(order)
         return [pool[i] for i in order[:n]]
@@ -150,4 +162,3 @@ class JsonlTask(Task):
     def close(self) -> None:
         if self.verifier is not None:
             self.verifier.close()
-

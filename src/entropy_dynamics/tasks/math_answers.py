@@ -48,8 +48,11 @@ class MathVerifier:
     """
 
     def __init__(self, *, timeout_s: float | None = 2.0) -> None:
-        self.worker = None if timeout_s is None else IsolatedWorker(
-            timeout_s=timeout_s, preload=("math_verify",))
+        self.worker = (
+            None
+            if timeout_s is None
+            else IsolatedWorker(timeout_s=timeout_s, preload=("math_verify",))
+        )
 
     @property
     def timeouts(self) -> int:
@@ -116,8 +119,10 @@ class MathAnswerTask(Task):
             left, right = Fraction(a, b), Fraction(c, d)
             value = left + right if op == "+" else left - right if op == "-" else left * right
             symbol = {"+": "+", "-": "-", "*": "\\times"}[op]
-            prompt = (f"Compute $\\frac{{{a}}}{{{b}}} {symbol} \\frac{{{c}}}{{{d}}}$ and give the "
-                      f"result as a fraction in lowest terms.")
+            prompt = (
+                f"Compute $\\frac{{{a}}}{{{b}}} {symbol} \\frac{{{c}}}{{{d}}}$ and give the "
+                f"result as a fraction in lowest terms."
+            )
         else:
             a = rng.choice([v for v in range(-top, top + 1) if v != 0])
             b, c = rng.randint(-top, top), rng.randint(-top, top)
@@ -130,8 +135,14 @@ class MathAnswerTask(Task):
         check_split_request(split, n)
         rng = random.Random(stable_hash(self.name, split, seed))
         candidates: Iterator[Problem] = (self.draw(rng) for _ in itertools.count())
-        return collect_split(candidates, split, n, test_fraction=self.test_fraction,
-                             max_draws=50 * n + 10_000, what=f"math(kinds={self.kinds})")
+        return collect_split(
+            candidates,
+            split,
+            n,
+            test_fraction=self.test_fraction,
+            max_draws=50 * n + 10_000,
+            what=f"math(kinds={self.kinds})",
+        )
 
     def format_prompt(self, problem: Problem) -> str:
         return f"{problem.prompt} Put the final answer in \\boxed{{}}."
