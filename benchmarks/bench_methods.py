@@ -1,6 +1,7 @@
 """Cost of a method's own work (plan + per-token loss) relative to the token statistics.
 
     .venv/bin/python benchmarks/bench_methods.py [--vocab 4096] [--stats-rows 32] [--repeats 3]
+                                                 [--threads N] [--quick]
 
 Batch: B = 512 sequences x T = 1024 tokens (90 % valid), fp32. For each of grpo, clip_b and
 clip_v: the time of ``method.plan(batch)`` plus ``method.token_loss(...)`` (forward; logprobs
@@ -87,7 +88,15 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--stats-rows", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument(
+        "--quick", action="store_true", help="baseline on 4 rows, best of 1 (seconds)"
+    )
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.stats_rows, args.repeats = 4, 1
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {B} x {T}")
     stats, lse = stats_time(args.stats_rows, args.vocab, args.repeats)
     print(
