@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 import random
 import re
-from collections.abc import Iterator
 
 from .base import (
     Problem,
     Split,
     Task,
     check_fraction,
-    check_split_request,
-    collect_split,
-    stable_hash,
+    generated_problems,
 )
 
 VALID_OPS = "+-*"
@@ -102,14 +98,11 @@ class ArithmeticTask(Task):
         )
 
     def problems(self, split: Split, n: int, *, seed: int = 0) -> list[Problem]:
-        check_split_request(split, n)
-        rng = random.Random(stable_hash(self.name, split, seed))
-        candidates: Iterator[Problem] = (self.draw(rng) for _ in itertools.count())
-        return collect_split(
-            candidates,
+        return generated_problems(
+            self,
             split,
             n,
-            test_fraction=self.test_fraction,
+            seed=seed,
             max_draws=50 * n + min(self.space_size * 20, 100_000),
             what=f"arithmetic(digits={self.digits}, ops={self.ops!r}, terms={self.terms})",
         )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
+import random
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -155,3 +157,19 @@ def collect_split(
             f"another test_fraction)"
         )
     return chosen
+
+
+def generated_problems(
+    task: Task, split: str, n: int, *, seed: int, max_draws: int, what: str
+) -> list[Problem]:
+    """`n` distinct `split` problems from `task.draw(rng)`, the generator seeded by (name, split, seed).
+
+    For tasks that generate problems (they have `draw(rng)` and `test_fraction`); the split is
+    decided by `collect_split`'s hash partition, so it never depends on the seed.
+    """
+    check_split_request(split, n)
+    rng = random.Random(stable_hash(task.name, split, seed))
+    candidates = (task.draw(rng) for _ in itertools.count())
+    return collect_split(
+        candidates, split, n, test_fraction=task.test_fraction, max_draws=max_draws, what=what
+    )

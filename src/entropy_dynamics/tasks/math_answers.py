@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import random
-from collections.abc import Iterator
 from fractions import Fraction
 
 from .base import (
@@ -12,9 +10,7 @@ from .base import (
     Split,
     Task,
     check_fraction,
-    check_split_request,
-    collect_split,
-    stable_hash,
+    generated_problems,
 )
 from .isolated import IsolatedWorker
 
@@ -132,14 +128,11 @@ class MathAnswerTask(Task):
         return Problem(prompt=prompt, answer=latex_number(value), meta={"kind": kind})
 
     def problems(self, split: Split, n: int, *, seed: int = 0) -> list[Problem]:
-        check_split_request(split, n)
-        rng = random.Random(stable_hash(self.name, split, seed))
-        candidates: Iterator[Problem] = (self.draw(rng) for _ in itertools.count())
-        return collect_split(
-            candidates,
+        return generated_problems(
+            self,
             split,
             n,
-            test_fraction=self.test_fraction,
+            seed=seed,
             max_draws=50 * n + 10_000,
             what=f"math(kinds={self.kinds})",
         )
