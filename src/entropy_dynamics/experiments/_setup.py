@@ -43,6 +43,24 @@ def base_config(run_dir: str | Path, *overrides: str):
     return load_config(None, [*BASE_OVERRIDES, *overrides, f"logging.run_dir={run_dir}"])
 
 
+def train_run(run_dir: str | Path, size: dict, *, seed: int, spec: str, extra=()) -> list[dict]:
+    """Train one run of an experiment at ``size`` (its overrides and steps) and return its
+    ``metrics.jsonl`` rows; ``extra`` overrides come last."""
+    from entropy_dynamics.train.loop import train
+
+    train(
+        base_config(
+            run_dir,
+            *size["overrides"],
+            f"steps={size['steps']}",
+            f"seed={seed}",
+            f"method.spec={spec}",
+            *extra,
+        )
+    )
+    return read_metrics(run_dir)
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The run's ``metrics.jsonl`` rows (one per step)."""
     from entropy_dynamics.train.logging import read_jsonl

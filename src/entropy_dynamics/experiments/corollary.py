@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._setup import base_config
+from ._setup import train_run
 from .common import ExperimentResult, new_figure, save_figure
 
 SIZES = {
@@ -53,8 +53,6 @@ def _per_step(run_dir: Path) -> list[dict]:
 
 def run(out_dir, *, quick: bool = False) -> ExperimentResult:
     """Train GRPO on-policy and compare the deviation's batch mean with S_*'s and with noise."""
-    from ..train.loop import train
-
     size = SIZES["quick" if quick else "default"]
     result = ExperimentResult("corollary", quick)
     result.settings = {
@@ -70,16 +68,7 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in size["seeds"]:
             run_dir = Path(tmp) / f"seed{seed}"
-            train(
-                base_config(
-                    run_dir,
-                    *size["overrides"],
-                    f"steps={size['steps']}",
-                    f"seed={seed}",
-                    "logging.probe_every=1",
-                    "method.spec=grpo",
-                )
-            )
+            train_run(run_dir, size, seed=seed, spec="grpo", extra=["logging.probe_every=1"])
             rows += [{**r, "seed": seed} for r in _per_step(run_dir)]
     ratio = np.array([r["ratio"] for r in rows])
     noise = np.array([r["noise_ratio"] for r in rows])

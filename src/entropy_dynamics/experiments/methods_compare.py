@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._setup import base_config, read_metrics
+from ._setup import train_run
 from .common import ExperimentResult, markdown_table, new_figure, save_figure
 
 METHODS = {  # label -> preset spec (each preset's docstring gives its paper and defaults)
@@ -42,19 +42,8 @@ WINDOW = 5  # steps averaged for the "final" entropy and reward
 
 def _run(run_dir: Path, spec: str, seed: int, size: dict) -> dict:
     from ..train.logging import read_jsonl
-    from ..train.loop import train
 
-    train(
-        base_config(
-            run_dir,
-            *size["overrides"],
-            f"steps={size['steps']}",
-            f"seed={seed}",
-            f"method.spec={spec}",
-            f"logging.eval_k={size['k']}",
-        )
-    )
-    rows = read_metrics(run_dir)
+    rows = train_run(run_dir, size, seed=seed, spec=spec, extra=[f"logging.eval_k={size['k']}"])
     evaluation = read_jsonl(run_dir / "eval.jsonl")[-1]
     k = evaluation["k"]
     hist = np.array(evaluation["pass_rate_hist"])

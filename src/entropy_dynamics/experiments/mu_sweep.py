@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._setup import base_config, read_metrics
+from ._setup import train_run
 from .common import ExperimentResult, correlations, markdown_table, new_figure, save_figure
 
 MUS = [1.5, 2.0, 2.5, 3.0]
@@ -29,18 +29,7 @@ WINDOW = 5
 
 
 def _run(run_dir: Path, spec: str, drop_key: str, seed: int, size: dict) -> dict:
-    from ..train.loop import train
-
-    train(
-        base_config(
-            run_dir,
-            *size["overrides"],
-            f"steps={size['steps']}",
-            f"seed={seed}",
-            f"method.spec={spec}",
-        )
-    )
-    rows = read_metrics(run_dir)
+    rows = train_run(run_dir, size, seed=seed, spec=spec)
     entropy = [r["entropy/mean"] for r in rows]
     return {
         "entropy": entropy,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._setup import base_config, read_metrics
+from ._setup import train_run
 from .common import ExperimentResult, markdown_table, new_figure, save_figure
 
 CONDITIONS = [  # (label, sample sign, S_* sign); Thm 3.2 predicts sign(dH) = -sample * side
@@ -35,18 +35,8 @@ WINDOW = 5  # steps averaged at each end of the fresh-rollout entropy trajectory
 
 
 def _run(run_dir: Path, sample: int, side: int, seed: int, size: dict) -> dict:
-    from ..train.loop import train
-
-    cfg = base_config(
-        run_dir,
-        *size["overrides"],
-        f"steps={size['steps']}",
-        f"seed={seed}",
-        "logging.probe_every=1",
-        f"method.spec=grpo + sign_condition(sample={sample}, side={side})",
-    )
-    train(cfg)
-    rows = read_metrics(run_dir)
+    spec = f"grpo + sign_condition(sample={sample}, side={side})"
+    rows = train_run(run_dir, size, seed=seed, spec=spec, extra=["logging.probe_every=1"])
     entropy = np.array([r["entropy/mean"] for r in rows])
     w = max(1, min(WINDOW, len(entropy) // 2))
     return {
