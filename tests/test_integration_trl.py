@@ -140,8 +140,9 @@ def test_masks_equal_the_reference_on_every_generation_batch(tmp_path, method):
         assert dropped > 0, "the test batch must make the filter drop something"
     logged = [row for row in trainer.state.log_history if "plan/frac_kept" in row]
     assert len(logged) == 2
-    for key in ("entropy/mean", "entropy/s_mean", "plan/num_tokens"):
+    for key in ("entropy", "entropy/s_mean", "entropy/s_minus_n_std", "plan/num_tokens"):
         assert all(key in row for row in logged)
+    assert_no_duplicate_metrics(logged)
     if method != "grpo":
         name = method.split("(")[0].split("+")[-1].strip()
         assert all(f"{name}/frac_dropped" in row for row in logged)
@@ -151,6 +152,21 @@ def test_masks_equal_the_reference_on_every_generation_batch(tmp_path, method):
             for r in trainer.records
         ]
         assert fractions == pytest.approx(expected)
+
+
+def assert_no_duplicate_metrics(rows):
+    """No metric is logged twice: TRL's `entropy` is not repeated as `entropy/mean`, nor a
+    filter's S_* statistics beside `entropy/s_*` (series that vary between rows are compared)."""
+    for key in ("entropy/mean", "clip_b/s_mean", "clip_b/s_std", "clip_v/d_std"):
+        assert all(key not in row for row in rows), key
+    ours = ("entropy/", "clip_b/", "clip_v/", "plan/", "probe/")
+    series = {}
+    for key in set.intersection(*(set(row) for row in rows)):
+        values = tuple(row[key] for row in rows)
+        if len(set(values)) > 1 and key not in ("step", "epoch"):
+            series.setdefault(values, []).append(key)
+    for keys in series.values():
+        assert len(keys) == 1 or not any(k.startswith(ours) for k in keys), keys
 
 
 def _loss_inputs(trainer):
