@@ -274,3 +274,38 @@ def test_method_loss_summed_over_micro_batches_is_the_whole_batch_token_mean(tmp
         total = sum(trainer._compute_loss(trainer.model, p) for p in parts)
     torch.testing.assert_close(total.double(), expected, atol=1e-6, rtol=1e-6)
     assert int(keep.sum()) == int(trainer.last_plan.keep.sum())
+
+
+def test_tiny_model_with_a_reference_model_beta_above_zero(tmp_path, monkeypatch):
+    # TRL reloads the reference from model.name_or_path; load_model("tiny") must provide one.
+    from entropy_dynamics.models import CACHE_ENV, load_model
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    model, tokenizer = load_model("tiny")
+    initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+    args = EntropyGRPOConfig(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=1,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        learning_rate=1e-2,
+        bf16=False,
+        beta=0.1,
+        entropy_method="grpo",
+    )
+    trainer = EntropyGRPOTrainer(
+        model=model,
+        processing_class=tokenizer,
+        reward_funcs=reward_by_chars,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": [f"{i}+{2 * i}=" for i in range(32)]}),
+    )
+    for name, p in trainer.ref_model.named_parameters():
+        assert torch.equal(p, initial[name]), name
+    trainer.train()
+    assert any("kl" in row for row in trainer.state.log_history)

