@@ -128,12 +128,12 @@ def test_run_directory_layout(tmp_path):
     dist = np.load(tmp_path / "dist" / "step-2.npz")
     n_valid = read_jsonl(tmp_path / "metrics.jsonl")[-1]["response/length"] * 16  # B = 4 * 4
     assert dist["discriminator"].shape == dist["baseline"].shape == (round(n_valid),)
-    saved = torch.load(tmp_path / "batches" / "step-2.pt", weights_only=False)
+    saved = torch.load(tmp_path / "batches" / "step-2.pt", weights_only=True)
     assert saved["method"] == "clip_v" and saved["batch"]["baseline"] is not None
     ckpt = latest_checkpoint(tmp_path)
     assert ckpt.name == "step-2"
     assert {p.name for p in ckpt.iterdir()} == {
-        "model.safetensors", "optimizer.pt", "rng.pt", "state.json"}  # fmt: skip
+        "model.safetensors", "optimizer.pt", "rng.json", "state.json", "digest.json"}  # fmt: skip
     assert json.loads((ckpt / "state.json").read_text())["step"] == 2
 
 

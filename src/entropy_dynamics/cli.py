@@ -9,15 +9,23 @@
     entropy-dynamics reproduce all --quick
 
 Imports are lazy: `import entropy_dynamics.cli` and `--help` load neither transformers nor the
-trainer.
+trainer. Every error reaches `main`'s one handler: a user error (bad config or input, a missing,
+unwritable or full path, a damaged checkpoint) prints one line (what, where, what is valid) and
+exits 2; anything else prints one line asking for a report and exits 1; `--debug` (anywhere on
+the command line, or ENTROPY_DYNAMICS_DEBUG=1) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
+
+MAX_MESSAGE_CHARS = 600
+"""An error line longer than this is cut (a 1 MB spec must not give a 1 MB message)."""
 
 _OVERRIDES_HELP = (
     "dotted overrides section.field=value (YAML values), e.g. rollout.group_size=8 "
@@ -35,7 +43,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"logging.run_dir={args.run_dir}")
     cfg = load_config(args.config, overrides)
     try:
-        run_dir = train(cfg, resume=args.resume)
+        run_dir = train(cfg, resume=args.resume, overwrite=args.overwrite,
+                        allow_config_change=args.allow_config_change)  # fmt: skip
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -105,7 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--config", metavar="FILE", help="YAML configuration (configs/*.yaml)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the run directory's latest checkpoint")  # fmt: skip
+                   help="continue from the run directory's latest intact checkpoint")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run directory's contents first (a non-empty run directory "
+                   "is refused without --resume or --overwrite)")  # fmt: skip
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue although the method, seed, lr, group size, "
+                   "task or model differ from the run's config.yaml")  # fmt: skip
     p.add_argument("--run-dir", metavar="DIR", help="shorthand for logging.run_dir=DIR")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
     p.set_defaults(func=_cmd_train)
@@ -160,17 +175,74 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         register(sub)
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    for command in sub.choices.values():  # also accepted after the command's name
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=_DEBUG_HELP)  # fmt: skip
     return parser
+
+
+_DEBUG_HELP = "on an error, show the Python traceback instead of a one-line message"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("ENTROPY_DYNAMICS_DEBUG", "") not in ("", "0")
     try:
         return int(args.func(args) or 0)
-    except ValueError as error:  # configuration and input errors: a message, not a traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # the one handler: a line for people, the traceback on --debug
+        if debug:
+            raise
+        code, message = describe_error(error)
+        print(f"error: {one_line(message)}", file=sys.stderr)
+        return code
+
+
+def describe_error(error: BaseException) -> tuple[int, str]:
+    """(exit code, message): 2 for an error of the user's input or environment, 1 otherwise."""
+    if isinstance(error, OSError) and not _is_internal_oserror(error):
+        where = f"{error.filename}: " if error.filename else ""
+        what = error.strerror or str(error)
+        hint = {
+            errno.ENOSPC: "; free some space (a checkpointed run continues with --resume)",
+            errno.EROFS: "; choose a writable directory (logging.run_dir, --out)",
+            errno.EACCES: "; choose a path you may write to, or fix its permissions",
+            errno.ENOENT: "; check the path",
+            errno.EISDIR: "; give a file, not a directory",
+        }.get(error.errno, "")
+        return 2, f"{where}{what}{hint}" if error.strerror else f"{what}{hint}"
+    if isinstance(error, ValueError):  # configs, inputs, damaged files: already for people
+        return 2, str(error)
+    if isinstance(error, RecursionError):
+        return 2, "an input is nested too deeply to process (a spec or YAML value); simplify it"
+    if isinstance(error, MemoryError):
+        return 2, "out of memory; lower rollout.prompts_per_step, group_size or max_new_tokens"
+    if isinstance(error, ImportError):
+        return 2, f"{error}; install the optional dependency it names"
+    if type(error).__name__ in ("NonFiniteLossError", "WeightsDivergedError"):
+        return 1, str(error)
+    return 1, (
+        f"internal error {type(error).__name__}: {error} (rerun with --debug for the traceback "
+        "and report it)"
+    )
+
+
+def _is_internal_oserror(error: OSError) -> bool:
+    return isinstance(error, BlockingIOError | ChildProcessError | BrokenPipeError)
+
+
+def one_line(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """The message on one line, cut to `limit` characters with a note of how much was left out."""
+    text = " ".join(str(message).split())
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [message cut: {len(text)} characters in all]"
 
 
 if __name__ == "__main__":

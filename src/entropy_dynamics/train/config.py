@@ -9,6 +9,7 @@ value and the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,26 @@ class TrainConfig:
         validate(self)
 
 
+MAX_SPEC_CHARS = 2000
+"""The longest method spec accepted (the presets and their compositions are under 200)."""
+
+
+def _clip(value: Any, limit: int = 120) -> str:
+    """A value's repr cut to `limit` characters, so a huge value gives a short message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+class _Shown(str):
+    """A value already shortened by `_clip`: `_fail` shows it as is."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def _fail(name: str, value: Any, valid: str) -> None:
+    if not isinstance(value, _Shown):
+        value = _Shown(_clip(value))
     raise ValueError(f"config field {name}={value!r} is invalid; valid: {valid}")
 
 
@@ -203,16 +223,32 @@ def validate(cfg: TrainConfig) -> None:
     for name, value in non_negative.items():
         if value < 0:
             _fail(name, value, "an integer >= 0")
-    if not cfg.rollout.temperature > 0:
-        _fail("rollout.temperature", cfg.rollout.temperature, "a float > 0")
+    floats = {  # name: (value, lowest, lowest allowed too, what is valid)
+        "rollout.temperature": (cfg.rollout.temperature, 0.0, False, "a finite float > 0"),
+        "optim.lr": (cfg.optim.lr, 0.0, False, "a finite float > 0, e.g. 1e-4"),
+        "optim.grad_clip": (cfg.optim.grad_clip, 0.0, True,
+                            "a finite float >= 0 (0 disables clipping)"),
+        "optim.eps": (cfg.optim.eps, 0.0, False, "a finite float > 0, e.g. 1e-8"),
+        "optim.weight_decay": (cfg.optim.weight_decay, 0.0, True, "a finite float >= 0"),
+        "task.reward_timeout_s": (cfg.task.reward_timeout_s, 0.0, False,
+                                  "a finite number of seconds > 0"),
+        "model.sft_lr": (cfg.model.sft_lr, 0.0, False, "a finite float > 0"),
+    }  # fmt: skip
+    for name, (value, lowest, inclusive, valid) in floats.items():
+        if not math.isfinite(value) or value < lowest or (value == lowest and not inclusive):
+            _fail(name, value, valid)
     if not 0 < cfg.rollout.top_p <= 1:
         _fail("rollout.top_p", cfg.rollout.top_p, "a float in (0, 1]")
-    if not cfg.optim.lr > 0:
-        _fail("optim.lr", cfg.optim.lr, "a float > 0")
-    if cfg.optim.grad_clip < 0:
-        _fail("optim.grad_clip", cfg.optim.grad_clip, "a float >= 0 (0 disables clipping)")
-    if cfg.task.reward_timeout_s <= 0:
-        _fail("task.reward_timeout_s", cfg.task.reward_timeout_s, "a float > 0")
+    if cfg.model.sft_batch_size < 1:
+        _fail("model.sft_batch_size", cfg.model.sft_batch_size, "an integer >= 1")
+    if not cfg.logging.run_dir.strip():
+        _fail("logging.run_dir", cfg.logging.run_dir, "a directory path, e.g. runs/my-run")
+    if cfg.model.dtype == "float16" and cfg.device == "cpu":
+        _fail("model.dtype", cfg.model.dtype, "float32 or bfloat16 on device cpu "
+              "(float16 needs device=cuda)")  # fmt: skip
+    if len(cfg.method.spec) > MAX_SPEC_CHARS:
+        _fail("method.spec", cfg.method.spec, f"a spec of at most {MAX_SPEC_CHARS} "
+              f"characters (this one has {len(cfg.method.spec)})")  # fmt: skip
     if cfg.optim.schedule not in SCHEDULES:
         _fail("optim.schedule", cfg.optim.schedule, ", ".join(SCHEDULES))
     if cfg.device not in DEVICES:
@@ -221,7 +257,10 @@ def validate(cfg: TrainConfig) -> None:
         _fail("model.dtype", cfg.model.dtype, ", ".join(DTYPES))
     if cfg.model.stats_from not in STATS_FROM:
         _fail("model.stats_from", cfg.model.stats_from, ", ".join(STATS_FROM))
-    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
+    if len(cfg.optim.betas) != 2 or not all(
+        isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b < 1
+        for b in cfg.optim.betas
+    ):
         _fail("optim.betas", cfg.optim.betas, "two floats in [0, 1)")
     _validate_names(cfg)
 
@@ -241,6 +280,29 @@ def _validate_names(cfg: TrainConfig) -> None:
         methods.build(cfg.method.spec)
     except ValueError as error:
         raise ValueError(f"config field method: {error}") from None
+    except RecursionError:
+        raise ValueError(
+            f"config field method.spec={_clip(cfg.method.spec)} is nested too deeply to parse; "
+            "valid: terms joined by '+', e.g. 'ppo + clip_b(mu=2.0)'"
+        ) from None
+
+
+def config_warnings(cfg: TrainConfig) -> list[str]:
+    """Settings that are legal but make the run pointless or suspicious (the trainer prints them)."""
+    found = []
+    if cfg.rollout.group_size == 1:
+        found.append(
+            "rollout.group_size=1: every group-normalised advantage is 0, so no step changes "
+            "the policy; use group_size >= 2"
+        )
+    if cfg.optim.lr >= 1.0:
+        found.append(
+            f"optim.lr={cfg.optim.lr:g} is unusually large for AdamW (typical: 1e-6 to 1e-2); "
+            "the run stops if the weights diverge"
+        )
+    if cfg.steps == 0:
+        found.append("steps=0: nothing will be trained")
+    return found
 
 
 _SECTIONS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -319,7 +381,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     for item in overrides:
         if "=" not in item:
             raise ValueError(
-                f"override {item!r} must look like section.field=value, e.g. rollout.group_size=8"
+                f"override {_clip(item)} must look like section.field=value, e.g. "
+                "rollout.group_size=8"
             )
         dotted, raw = item.split("=", 1)
         keys = dotted.strip().split(".")
@@ -327,8 +390,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         for key in keys[:-1]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {key!r} is not a section")
-        node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+                raise ValueError(f"override {_clip(item)}: {key!r} is not a section")
+        node[keys[-1]] = _safe_yaml(raw, f"override {_clip(item)}") if raw.strip() else ""
     return data
 
 
@@ -336,12 +399,50 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read a YAML file (or defaults when `path` is None) and apply dotted overrides."""
     data: dict = {}
     if path is not None:
-        text = Path(path).read_text()
-        data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+        data = _read_yaml_file(Path(path))
     apply_overrides(data, list(overrides or []))
     return from_dict(data)
+
+
+def _read_yaml_file(path: Path) -> dict:
+    """The mapping in a YAML file; ValueError naming the file (and line) for every way it fails."""
+    if not path.exists():
+        raise ValueError(
+            f"config file {path}: not found; pass an existing YAML file (configs/*.yaml)"
+        )
+    if path.is_dir():
+        raise ValueError(f"config file {path}: is a directory; pass a YAML file (configs/*.yaml)")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {path}: not UTF-8 text; pass a YAML file") from None
+    except OSError as err:
+        raise ValueError(f"config file {path}: cannot be read ({err.strerror or err})") from None
+    data = _safe_yaml(text, f"config file {path}") or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def _safe_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load with its errors as one-line ValueErrors (what, where, what is valid)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as err:
+        raise ValueError(
+            f"{where}{_mark(err)}: {err.problem}; only plain YAML values (numbers, strings, "
+            "lists, mappings) are allowed, no tags such as !!python/..."
+        ) from None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{where}{_mark(err)}: YAML syntax error: {problem}") from None
+    except RecursionError:
+        raise ValueError(f"{where}: nested too deeply to read as YAML") from None
+
+
+def _mark(err: Exception) -> str:
+    mark = getattr(err, "problem_mark", None)
+    return "" if mark is None else f" line {mark.line + 1} column {mark.column + 1}"
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

@@ -74,7 +74,7 @@ def run_demo(*, config=None, out_dir: Path = Path("runs/demo"), overrides=(), me
         run_dir = out_dir / name
         cfg = load_config(config, [*overrides, f"method.spec={spec}", f"logging.run_dir={run_dir}"])
         print(f"[demo] training {name} ({spec}) for {cfg.steps} steps -> {run_dir}", flush=True)
-        train(cfg)
+        train(cfg, overwrite=True)  # the demo owns OUT: a rerun replaces its runs
         run_dirs.append(run_dir)
         runs.append({"name": name, "method": spec, "seed": cfg.seed})
     write_report(run_dirs, out_dir, title="entropy-dynamics demo: GRPO vs Clip_B vs Clip_V")

@@ -19,22 +19,21 @@ def evaluate_run(
 ) -> dict:
     """Load RUN_DIR/config.yaml and a checkpoint (default: the latest), evaluate, and return the
     eval.jsonl record (appended to RUN_DIR/eval.jsonl when `write`)."""
-    from entropy_dynamics import tasks
     from entropy_dynamics.train.evaluate import evaluate
-    from entropy_dynamics.train.logging import append_jsonl
+    from entropy_dynamics.train.logging import append_jsonl, warn
     from entropy_dynamics.train.rewards import SafeReward
-    from entropy_dynamics.train.setup import build_policy
+    from entropy_dynamics.train.setup import build_policy, get_task
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise ValueError(f"run_dir {run_dir}: no config.yaml (is it a training run directory?)")
     cfg = load_config(run_dir / "config.yaml")
-    path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir)
-    if path is None or not (path / "state.json").exists():
-        raise ValueError(f"run_dir {run_dir}: no checkpoint found under checkpoints/")
+    path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir, warn=warn)
+    if path is None:
+        raise ValueError(f"run_dir {run_dir}: no intact checkpoint found under checkpoints/")
     model, tokenizer = build_policy(cfg, warm_start=False)
-    state = ckpt.load_checkpoint(path, model=model, restore_rng=False)
-    task = tasks.get(cfg.task.name, **cfg.task.options)
+    state = ckpt.load_checkpoint(path, model=model, restore_rng=False)  # verifies the digest
+    task = get_task(cfg)
     problems = task.problems("test", n_eval or cfg.task.n_eval, seed=cfg.seed)
     if not problems:
         raise ValueError("n_eval: the held-out split is empty; pass --n with a positive count")

@@ -27,13 +27,53 @@ def saved_batches(run_dir: Path) -> dict[int, Path]:
 
 
 def load_batch(path: Path):
-    """(TokenBatch, saved dict) from a batches/step-N.pt file."""
+    """(TokenBatch, saved dict) from a batches/step-N.pt file.
+
+    Read with `torch.load(weights_only=True)`: only tensors and plain values, never code. A file
+    that holds anything else, or not the fields the trainer writes, raises ValueError naming it.
+    """
+    import dataclasses
+    import pickle
+
     import torch
 
     from entropy_dynamics.methods import TokenBatch
 
-    saved = torch.load(path, weights_only=False)
-    return TokenBatch(**saved["batch"]), saved
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{path}: refused to load: it holds Python objects other than tensors and plain "
+            "values (it may have been crafted); nothing from it was run"
+        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable batch file ({_short(err)})") from None
+    names = {f.name for f in dataclasses.fields(TokenBatch)}
+    batch = saved.get("batch") if isinstance(saved, dict) else None
+    if not isinstance(batch, dict) or not set(batch) <= names:
+        raise ValueError(
+            f"{path}: not a saved training batch; expected a dict whose 'batch' holds "
+            f"{', '.join(sorted(names))}"
+        )
+    mask = batch.get("mask")
+    for name, value in batch.items():
+        if value is None and name in ("baseline", "ref_logprobs"):
+            continue
+        if (
+            not isinstance(value, torch.Tensor)
+            or value.ndim != 2
+            or (isinstance(mask, torch.Tensor) and value.shape != mask.shape)
+        ):
+            raise ValueError(f"{path}: batch field {name!r} must be a [B, T] tensor like 'mask'")
+    try:
+        return TokenBatch(**batch), saved
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a valid training batch ({_short(err)})") from None
+
+
+def _short(err: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def run_lens(run_dir: Path, *, step: int | None = None, out: str | None = None) -> int:

@@ -1,12 +1,15 @@
-"""Run logging: crash-safe JSONL (one whole line per write, flushed and fsynced), TensorBoard, progress.
+"""Run logging: crash-safe JSONL (whole records, flushed and fsynced), TensorBoard, progress.
 
 A `kill -9` can at worst lose the line being written; it never leaves half a line behind
-because each record is one `os.write` of a complete line followed by `fsync`. On resume,
-`truncate_jsonl` drops records beyond the checkpoint's step (and any torn last line).
+because each record is one `os.write` of a complete line followed by `fsync`. A write that
+fails part-way (a full disk, a file size limit) is cut back to the record boundary it started
+from and raises `JsonlWriteError`; a torn tail left by anything else is cut off before the next
+append. On resume, `truncate_jsonl` drops records beyond the checkpoint's step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,15 +31,59 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class JsonlWriteError(OSError):
+    """A record could not be appended; the file was left at its last whole record."""
+
+
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one JSON record as a single line: one write, then flush and fsync."""
+    """Append one JSON record as a single line, whole or not at all, then fsync.
+
+    Raises JsonlWriteError (an OSError naming the file and the cause) when the line cannot be
+    written completely; the file then ends at the record boundary it had before the call.
+    """
     line = (json.dumps(_plain(record), allow_nan=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
-        os.fsync(fd)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise JsonlWriteError(err.errno, f"cannot open {path} to append a record: "
+                              f"{err.strerror or err}") from None  # fmt: skip
+    try:
+        start = _record_boundary(fd)
+        written = 0
+        try:
+            while written < len(line):  # os.write may write only part of the line
+                count = os.write(fd, line[written:])
+                if count <= 0:
+                    raise OSError(28, "the disk accepted no more bytes")
+                written += count
+            os.fsync(fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)  # back to the last whole record
+            raise JsonlWriteError(
+                err.errno, f"cannot append a record to {path}: {err.strerror or err}; the file "
+                "was left at its last whole record (free some space, then resume)",
+            ) from None  # fmt: skip
     finally:
         os.close(fd)
+
+
+def _record_boundary(fd: int) -> int:
+    """The file's size after cutting off a torn last line (one not ending in a newline)."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    end = size
+    while end > 0:  # search backwards for the last newline
+        start = max(0, end - 65536)
+        block = os.pread(fd, end - start, start)
+        cut = block.rfind(b"\n")
+        if cut >= 0:
+            end = start + cut + 1
+            break
+        end = start
+    os.ftruncate(fd, end)
+    return end
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

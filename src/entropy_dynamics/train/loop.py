@@ -16,7 +16,8 @@ policy-gradient steps with no value model. Where this loop departs from it:
    policy is kept as the reference.
 4. Token statistics (H, S_*, N) come from `token_stats` under the policy before the update.
 5. A reward that raises or times out scores 0 and is counted (`reward/errors`).
-6. A non-finite loss skips the step (warning) and stops the run after `max_nonfinite` in a row.
+6. A non-finite loss skips the step (warning) and stops the run after `max_nonfinite` in a row;
+   weights that turn non-finite or grow 100-fold stop it at once (nothing of them is saved).
 7. The entropy probe (train/probe.py) re-measures entropy after the update at the same positions.
 8. Dropout is off throughout (the policy stays in eval mode): rollouts and updates see one policy.
 9. Token statistics stream from hidden states for large vocabularies (`model.stats_from`), so
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import math
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -39,11 +41,12 @@ from entropy_dynamics.methods import TokenBatch
 from entropy_dynamics.models import model_output_layer
 from entropy_dynamics.token_stats import token_stats, token_stats_from_hidden
 from entropy_dynamics.train import checkpoint as ckpt
-from entropy_dynamics.train.config import TrainConfig, save_config
+from entropy_dynamics.train.config import TrainConfig, config_warnings, save_config
 from entropy_dynamics.train.evaluate import evaluate
 from entropy_dynamics.train.logging import Progress, RunLogger, truncate_jsonl, warn
 from entropy_dynamics.train.probe import entropy_probe
 from entropy_dynamics.train.rollout import response_hidden, response_logits, sample
+from entropy_dynamics.train.rundir import claim_run_dir
 from entropy_dynamics.train.setup import (  # noqa: F401 (build_policy: tests rebuild a policy)
     Run,
     build_policy,
@@ -51,6 +54,7 @@ from entropy_dynamics.train.setup import (  # noqa: F401 (build_policy: tests re
     problem_order,
     save_step_data,
     stats_from_hidden,
+    weight_norm,
 )
 
 
@@ -58,20 +62,45 @@ class NonFiniteLossError(RuntimeError):
     """Raised after `optim.max_nonfinite` consecutive steps with a non-finite loss."""
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, task=None) -> Path:
-    """Run `cfg.steps` RL steps; returns the run directory. Ctrl-C checkpoints and returns.
+class WeightsDivergedError(NonFiniteLossError):
+    """Raised when an update leaves non-finite weights or multiplies their norm by 100 or more."""
+
+
+DIVERGED_NORM_RATIO = 100.0
+"""Weights whose global norm reaches this multiple of the run's starting norm stop the run."""
+
+_STOP_SIGNALS = ("SIGINT", "SIGTERM")  # each checkpoints and returns, like Ctrl-C
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    task=None,
+    overwrite: bool = False,
+    allow_config_change: bool = False,
+) -> Path:
+    """Run `cfg.steps` RL steps; returns the run directory. Ctrl-C or SIGTERM checkpoints and returns.
 
     `task` (an object with problems / format_prompt / reward) replaces `tasks.get(cfg.task.name)`,
-    for tasks that are not registered.
+    for tasks that are not registered. A non-empty run directory is refused unless `resume`
+    (continue it; a changed method, seed, lr, group size ... is refused unless
+    `allow_config_change`) or `overwrite` (empty it first); see `train.rundir`.
     """
+    for message in config_warnings(cfg):
+        warn(message)
+    with claim_run_dir(cfg, resume=resume, overwrite=overwrite,
+                       allow_config_change=allow_config_change):  # fmt: skip
+        return _train(cfg, resume=resume, task=task)
+
+
+def _train(cfg: TrainConfig, *, resume: bool, task) -> Path:
     run = build_run(cfg, task=task)
-    run.run_dir.mkdir(parents=True, exist_ok=True)
     _restore_or_reset(run, resume=resume)
     save_config(cfg, run.run_dir / "config.yaml")
     logger = RunLogger(run.run_dir, tensorboard=cfg.logging.tensorboard)
-    interrupted = {"flag": False}
-    previous_handler = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, lambda *_: interrupted.update(flag=True))
+    interrupted = {"flag": False, "by": ""}
+    previous_handlers = _catch_stop_signals(interrupted)
     progress = Progress(cfg.steps, initial=run.step, enabled=cfg.logging.progress, desc="train")
     every = lambda n: bool(n) and run.step % n == 0  # noqa: E731
     first_step = run.step
@@ -96,15 +125,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, task=None) -> Path:
                 _save(run)
         if run.step == first_step:  # a finished run resumed, or Ctrl-C before the first step
             if interrupted["flag"]:
-                warn(f"interrupted before step {run.step + 1}; nothing new to save")
+                warn(f"{interrupted['by']} before step {run.step + 1}; nothing new to save")
             return run.run_dir
         if interrupted["flag"]:
-            warn(f"interrupted at step {run.step}; checkpoint saved, continue with --resume")
+            warn(
+                f"{interrupted['by']} at step {run.step}; checkpoint saved, continue with --resume"
+            )
         elif not every(cfg.logging.eval_every):
             _evaluate(run, logger)  # every run ends with an evaluation
         _save(run)
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
+        for name, handler in previous_handlers.items():
+            signal.signal(getattr(signal, name), handler)
         progress.close()
         logger.close()
         if hasattr(run.task, "close"):
@@ -115,13 +147,59 @@ def train(cfg: TrainConfig, *, resume: bool = False, task=None) -> Path:
 _SHOWN = (dg.REWARD_MEAN, dg.ENTROPY_MEAN, dg.LOSS_TOTAL)
 
 
+def _catch_stop_signals(interrupted: dict) -> dict:
+    """SIGINT and SIGTERM set the flag (the loop checkpoints and returns); returns the old handlers.
+
+    Signal handlers can only be set from the main thread; elsewhere the defaults stay.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def stop(signum, frame):
+        interrupted.update(flag=True, by=f"interrupted ({signal.Signals(signum).name})")
+
+    previous = {}
+    for name in _STOP_SIGNALS:
+        if hasattr(signal, name):
+            previous[name] = signal.signal(getattr(signal, name), stop)
+    return previous
+
+
 def _restore_or_reset(run: Run, *, resume: bool) -> None:
-    """Resume from the latest checkpoint (JSONL cut back to its step), or start the logs afresh."""
-    latest = ckpt.latest_checkpoint(run.run_dir) if resume else None
+    """Resume from the newest intact checkpoint (JSONL cut back to its step), or start afresh.
+
+    A damaged checkpoint is renamed checkpoints/damaged-step-N (kept for inspection, ignored
+    from then on) with a warning, and the next older one is tried.
+    """
+    ckpt.remove_stale_temporaries(run.run_dir)
+    latest, damaged = None, []
+    for path in reversed(ckpt.list_checkpoints(run.run_dir) if resume else []):
+        try:
+            state = ckpt.load_checkpoint(path, model=run.model, optimizer=run.optimizer,
+                                         scheduler=run.scheduler, generator=run.generator)  # fmt: skip
+        except ckpt.CheckpointError as err:
+            damaged.append(path)
+            aside = path.with_name(f"damaged-{path.name}")
+            path.rename(aside)
+            warn(f"skipping damaged checkpoint ({err}); moved it to {aside}")
+            continue
+        latest = path
+        break
     if latest is not None:
-        state = ckpt.load_checkpoint(latest, model=run.model, optimizer=run.optimizer,
-                                     scheduler=run.scheduler, generator=run.generator)  # fmt: skip
+        if state["step"] > run.cfg.steps:
+            raise ValueError(
+                f"--resume: {latest} is at step {state['step']}, past steps={run.cfg.steps}; "
+                f"pass steps={state['step']} or more to continue"
+            )
+        if damaged:
+            warn(f"resuming from {latest.name}, the newest intact checkpoint")
         run.step, run.nonfinite = state["step"], state.get("nonfinite", 0)
+        run.weight_norm_start = weight_norm(run.model)
+    elif damaged:
+        raise ValueError(
+            f"--resume: no intact checkpoint in {run.run_dir}/checkpoints (all damaged); start "
+            "afresh with --overwrite"
+        )
     elif resume:
         warn(f"--resume: no checkpoint in {run.run_dir}/checkpoints; starting from step 0")
     for name in ("metrics.jsonl", "eval.jsonl"):
@@ -287,9 +365,23 @@ def _update(run: Run, rollout, batch, plan, fused_stats) -> dict | None:
         lr = run.scheduler.get_last_lr()[0]
         optimizer.step()
         run.scheduler.step()
+        _check_weights(run)
     run.method.step_end({**plan.metrics, **loss_metrics})
     return {dg.LOSS_TOTAL: loss_total, dg.OPTIM_GRAD_NORM: float(grad_norm), dg.OPTIM_LR: lr,
             **loss_metrics}  # fmt: skip
+
+
+def _check_weights(run: Run) -> None:
+    """Stop the run when an update left non-finite weights or grew their norm 100-fold."""
+    norm, start = weight_norm(run.model), run.weight_norm_start
+    if math.isfinite(norm) and norm < DIVERGED_NORM_RATIO * start:
+        return
+    raise WeightsDivergedError(
+        f"step {run.step + 1}: the weights diverged (global norm {norm:.3g}, {start:.3g} at the "
+        f"start); the run stopped without saving them (the last checkpoint is intact); lower "
+        f"optim.lr (now {run.cfg.optim.lr:g}) or set optim.grad_clip (now "
+        f"{run.cfg.optim.grad_clip:g})"
+    )
 
 
 def micro_batch_loss(cfg, method, plan, batch, rows, stats):

@@ -33,8 +33,14 @@ def build_policy(cfg: TrainConfig, *, warm_start: bool = True, task=None):
 
     device = resolve_device(cfg.device)
     dtype = _DTYPES[cfg.model.dtype]
+    if device == "cpu" and cfg.model.dtype == "float16":
+        raise ValueError(
+            f"config field model.dtype='float16' is invalid on device {cfg.device!r} (resolved "
+            "to cpu); valid there: float32, bfloat16"
+        )
     if cfg.model.name == "tiny":
         tokenizer = models.build_char_tokenizer()
+        _check_tiny_options(models.build_tiny_model, cfg.model.tiny)
         model = models.build_tiny_model(tokenizer, **{"seed": cfg.seed, **cfg.model.tiny})
     else:
         if cfg.model.tiny:
@@ -48,13 +54,36 @@ def build_policy(cfg: TrainConfig, *, warm_start: bool = True, task=None):
         from entropy_dynamics.train.sft import cached_warm_start
 
         if task is None:
-            from entropy_dynamics import tasks
-
-            task = tasks.get(cfg.task.name, **cfg.task.options)
+            task = get_task(cfg)
         problems = task.problems("train", cfg.task.n_train, seed=cfg.seed)
         cached_warm_start(model, tokenizer, task, problems, cfg=cfg)
     model.eval()
     return model, tokenizer
+
+
+def _check_tiny_options(build, options: dict) -> None:
+    import inspect
+
+    valid = [n for n in inspect.signature(build).parameters if n not in ("tokenizer", "seed")]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"config field model.tiny: unknown option(s) {', '.join(map(repr, unknown))}; valid: "
+            + ", ".join(valid)
+        )
+
+
+def get_task(cfg: TrainConfig):
+    """`tasks.get(cfg.task.name, **cfg.task.options)`, with a wrong option named as a config field."""
+    from entropy_dynamics import tasks
+
+    try:
+        return tasks.get(cfg.task.name, **cfg.task.options)
+    except TypeError as err:  # an option the task's constructor does not take
+        raise ValueError(
+            f"config field task.options={cfg.task.options!r} is invalid for task "
+            f"{cfg.task.name!r}: {err}"
+        ) from None
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -157,6 +186,7 @@ class Run:
     reference: torch.nn.Module | None = None  # frozen initial policy, when the method has a KL
     step: int = 0
     nonfinite: int = 0  # consecutive steps skipped for a non-finite loss
+    weight_norm_start: float = 0.0  # global weight norm when this process started training
 
 
 def build_run(cfg: TrainConfig, *, task=None) -> Run:
@@ -173,9 +203,7 @@ def build_run(cfg: TrainConfig, *, task=None) -> Run:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     if task is None:
-        from entropy_dynamics import tasks
-
-        task = tasks.get(cfg.task.name, **cfg.task.options)
+        task = get_task(cfg)
     if hasattr(task, "start"):  # launch verifier workers before the reward time limit applies
         task.start()
     model, tokenizer = build_policy(cfg, task=task)
@@ -186,23 +214,44 @@ def build_run(cfg: TrainConfig, *, task=None) -> Run:
     )  # fmt: skip
     generator = torch.Generator(device=next(model.parameters()).device)
     generator.manual_seed(cfg.seed)
+    train_problems = task.problems("train", cfg.task.n_train, seed=cfg.seed)
+    eval_problems = task.problems("test", cfg.task.n_eval, seed=cfg.seed) if cfg.task.n_eval else []
+    check_lengths(cfg, model, tokenizer, task, [*train_problems, *eval_problems])
     return Run(
         cfg=cfg,
         run_dir=Path(cfg.logging.run_dir),
         model=model,
         tokenizer=tokenizer,
         task=task,
-        train_problems=task.problems("train", cfg.task.n_train, seed=cfg.seed),
-        eval_problems=task.problems("test", cfg.task.n_eval, seed=cfg.seed)
-        if cfg.task.n_eval
-        else [],
+        train_problems=train_problems,
+        eval_problems=eval_problems,
         method=method,
         optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg)),
         reward=SafeReward(task, timeout_s=cfg.task.reward_timeout_s),
         generator=generator,
         reference=copy.deepcopy(model).requires_grad_(False) if method.needs_ref_logprobs else None,
+        weight_norm_start=weight_norm(model),
     )
+
+
+def weight_norm(model: torch.nn.Module) -> float:
+    """The global L2 norm of a model's parameters (inf or nan when any weight is)."""
+    return float(torch.nn.utils.get_total_norm([p.detach() for p in model.parameters()]))
+
+
+def check_lengths(cfg: TrainConfig, model, tokenizer, task, problems: list) -> None:
+    """Refuse a rollout.max_new_tokens that, with the longest prompt, exceeds the model's positions."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not isinstance(limit, int) or not problems:
+        return
+    longest = max(len(tokenizer(task.format_prompt(p))["input_ids"]) for p in problems)
+    if longest + cfg.rollout.max_new_tokens > limit:
+        raise ValueError(
+            f"config field rollout.max_new_tokens={cfg.rollout.max_new_tokens} is invalid; "
+            f"valid: at most {max(limit - longest, 0)} for this model (it has {limit} positions "
+            f"and the longest prompt takes {longest} tokens)"
+        )
 
 
 def stats_from_hidden(cfg: TrainConfig, model) -> bool:
