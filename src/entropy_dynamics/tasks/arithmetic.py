@@ -98,6 +98,12 @@ class ArithmeticTask(Task):
         )
 
     def problems(self, split: Split, n: int, *, seed: int = 0) -> list[Problem]:
+        if isinstance(n, int) and n > self.space_size:  # fail now, not after millions of draws
+            raise ValueError(
+                f"arithmetic(digits={self.digits}, ops={self.ops!r}, terms={self.terms}) has only "
+                f"{self.space_size} distinct problems (both splits); asked n={n} {split} problems; "
+                "ask for fewer (task.n_train / task.n_eval) or widen the task (more digits/terms)"
+            )
         return generated_problems(
             self,
             split,

@@ -81,8 +81,8 @@ def safe_reward(task: Task, problem: Problem, completion: str) -> RewardResult:
         value = float(task.reward(problem, completion))
     except RewardTimeout as err:
         return RewardResult(0.0, "timeout", str(err))
-    except Exception as err:  # a verifier bug must not stop training; it is counted instead
-        return RewardResult(0.0, "error", f"{type(err).__name__}: {err}")
+    except (Exception, SystemExit) as err:  # a verifier bug (even sys.exit) must not stop
+        return RewardResult(0.0, "error", f"{type(err).__name__}: {err}")  # training: counted
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
         return RewardResult(0.0, "error", f"reward {value!r} is not a finite value in [0, 1]")
     return RewardResult(value, None)

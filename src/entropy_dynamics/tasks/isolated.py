@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -50,12 +51,53 @@ def _read_frame(stream: IO[bytes]) -> Any:
     return pickle.loads(_read_exact(stream, size))
 
 
+_PARENT_ENV = "ENTROPY_DYNAMICS_WORKER_PARENT"  # the parent's pid, and whether to set PDEATHSIG
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Make this worker exit when its parent does, even while a verifier runs C code.
+
+    On Linux the kernel kills it (prctl PR_SET_PDEATHSIG, requested when the parent started it
+    from its main thread: the signal follows the thread that started the child). Everywhere, a
+    watcher thread exits once the parent is gone (it needs the GIL, so it backs up the kernel).
+    """
+    parent, _, kernel = os.environ.get(_PARENT_ENV, "").partition(":")
+    if not parent.isdigit():
+        return
+    parent_pid = int(parent)
+    if kernel == "1" and sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the request above
+        os._exit(0)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _serve(preload: Sequence[str]) -> None:
     """Child loop: import `preload`, say ready, then answer (fn, args) frames until stdin closes.
 
     Replies go to a private copy of stdout; fd 1 is pointed at stderr so that library prints
-    cannot corrupt the reply stream.
+    cannot corrupt the reply stream. The terminal's Ctrl-C (SIGINT to the whole foreground
+    process group) is ignored: the parent decides what an interrupt means, and a worker killed
+    by it would turn the reward being computed into a silent 0. A verifier that calls
+    `sys.exit` is answered as an error like any other exception.
     """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     requests = sys.stdin.buffer
@@ -69,7 +111,7 @@ def _serve(preload: Sequence[str]) -> None:
             return
         try:
             reply = ("ok", fn(*args))
-        except Exception as err:
+        except (Exception, SystemExit) as err:  # SystemExit: a verifier's sys.exit()
             reply = ("error", f"{type(err).__name__}: {err}")
         _write_frame(replies, reply)
 
@@ -144,7 +186,12 @@ class IsolatedWorker:
         if self._process is not None and self._process.poll() is None:
             return self._process
         self._stop()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        main_thread = threading.current_thread() is threading.main_thread()
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+            **{_PARENT_ENV: f"{os.getpid()}:{int(main_thread)}"},
+        )
         process = subprocess.Popen(
             [sys.executable, str(_WORKER_SCRIPT), *self.preload],
             stdin=subprocess.PIPE,
