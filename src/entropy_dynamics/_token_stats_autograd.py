@@ -3,6 +3,8 @@
 Both work on the valid rows only, packed in row-major order (`n` of them). The forward pass
 keeps per-row scalars (row max, log-sum, entropy); the backward pass recomputes `p` chunk by
 chunk (and, from hidden states, the chunk's logits) instead of storing anything `[n, V]`.
+`backend` (`_token_stats_backends`) streams the logits; `split` (None, or a `VocabSplit` from
+`_token_stats_vocab_parallel`) combines the row sums of a vocabulary split across ranks.
 """
 
 from __future__ import annotations
@@ -11,16 +13,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._token_stats_kernels import (
-    Chunk,
-    RowSums,
-    Workspace,
-    chunk_grad,
-    chunk_stats,
-    plan_chunks,
-    row_blocks,
-    run_chunks,
-)
+from ._token_stats_backends import block_logits
+from ._token_stats_kernels import RowSums
 
 
 def _finish(sums: RowSums, label_logits: Tensor, inv_tau: float) -> tuple[Tensor, ...]:
@@ -69,36 +63,21 @@ class LogitsStats(torch.autograd.Function):
     """`(logprobs, entropy, discriminator, baseline)` from logits `[..., V]`, streamed."""
 
     @staticmethod
-    def forward(ctx, logits, labels, valid, runs, inv_tau, chunk_rows, cdtype):
+    def forward(ctx, logits, labels, valid, runs, inv_tau, chunk_rows, cdtype, backend, split):
         # logits [..., V]; labels [n] packed valid labels; valid [B*T] bool; runs: valid ranges.
-        vocab = logits.shape[-1]
-        blocks = row_blocks(logits)
-        chunks = plan_chunks(blocks, runs, chunk_rows)
-        n = labels.shape[0]
-        sums = RowSums(n, cdtype, logits.device)
-        label_logits = sums.m.new_zeros(n)
-
-        def body(chunk: Chunk, work: Workspace) -> None:
-            z = blocks[chunk.block][1].narrow(0, chunk.local, chunk.rows)
-            chunk_stats(z, chunk.packed, sums, work, inv_tau)
-            rows = slice(chunk.packed, chunk.packed + chunk.rows)
-            label_logits[rows] = z.gather(1, labels[rows, None]).squeeze(1)
-
-        run_chunks(
-            chunks,
-            body,
-            rows=min(chunk_rows, max(n, 1)),
-            vocab_size=vocab,
-            dtype=cdtype,
-            device=logits.device,
+        sums, label_logits = backend.logits_sums(
+            logits, labels, valid, runs, inv_tau, chunk_rows, cdtype
         )
+        if split is not None:
+            split.combine(sums, label_logits, inv_tau)
         log_s, mean_x, *stats = _finish(sums, label_logits, inv_tau)
         _check_finite(valid, *stats)
         shape = logits.shape[:-1]
         outputs = [_scatter_rows(valid, t, shape) for t in stats]
         ctx.mark_non_differentiable(outputs[2], outputs[3])
         ctx.save_for_backward(logits, labels, valid, sums.m, log_s, mean_x)
-        ctx.chunks, ctx.inv_tau, ctx.chunk_rows = chunks, inv_tau, chunk_rows
+        ctx.runs, ctx.inv_tau, ctx.chunk_rows = runs, inv_tau, chunk_rows
+        ctx.backend, ctx.split = backend, split
         return tuple(outputs)
 
     @staticmethod
@@ -106,96 +85,35 @@ class LogitsStats(torch.autograd.Function):
     def backward(ctx, grad_logprobs, grad_entropy, _grad_s, _grad_n):
         logits, labels, valid, m, log_s, mean_x = ctx.saved_tensors
         g_lp, g_h = (_packed(g, valid, mean_x) for g in (grad_logprobs, grad_entropy))
-        coefs = _grad_coefficients(g_lp, g_h, mean_x, ctx.inv_tau)
-        n, vocab = labels.shape[0], logits.shape[-1]
-        new = torch.empty if n == valid.numel() else torch.zeros  # ignored rows get 0
+        coef_x, coef_const, grad_label = _grad_coefficients(g_lp, g_h, mean_x, ctx.inv_tau)
+        if ctx.split is not None:
+            grad_label = ctx.split.owned_only(grad_label)
+        per_row = (labels, m, log_s, coef_x, coef_const, grad_label)
+        new = torch.empty if labels.shape[0] == valid.numel() else torch.zeros  # ignored: 0
         grad = new(logits.shape, dtype=logits.dtype, device=logits.device)
-        blocks = row_blocks(logits)
-        grad_rows = grad.view(-1, vocab)
-
-        def body(chunk: Chunk, work: Workspace) -> None:
-            z = blocks[chunk.block][1].narrow(0, chunk.local, chunk.rows)
-            out = grad_rows.narrow(0, chunk.flat, chunk.rows)
-            chunk_grad(z, chunk.packed, labels, m, log_s, *coefs, out, work, ctx.inv_tau)
-
-        run_chunks(
-            ctx.chunks,
-            body,
-            rows=min(ctx.chunk_rows, max(n, 1)),
-            vocab_size=vocab,
-            dtype=m.dtype,
-            device=logits.device,
+        ctx.backend.logits_grad(
+            logits, labels, valid, ctx.runs, per_row, grad, ctx.inv_tau, ctx.chunk_rows
         )
-        return grad, None, None, None, None, None, None
-
-
-def _block_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """`hidden [c, D] @ weight.T [D, V] (+ bias [V])` -> `[c, V]` in the weights' dtype."""
-    if bias is None:
-        return hidden @ weight.T
-    return torch.addmm(bias, hidden, weight.T)
-
-
-def _inner_chunks(start: int, rows: int, chunk_rows: int) -> list[Chunk]:
-    """Chunks of a contiguous `[rows, V]` logits block whose first packed row is `start`."""
-    return [
-        Chunk(0, local, local, start + local, min(chunk_rows, rows - local))
-        for local in range(0, rows, chunk_rows)
-    ]
-
-
-# The two block helpers keep their chunk views local, so that a block's logits are freed as
-# soon as the caller drops them (a view left in a loop variable would keep two blocks alive).
-def _block_stats(logits, start, sums, inv_tau, chunk_rows, dtype) -> None:
-    def body(chunk: Chunk, work: Workspace) -> None:
-        chunk_stats(logits.narrow(0, chunk.local, chunk.rows), chunk.packed, sums, work, inv_tau)
-
-    run_chunks(
-        _inner_chunks(start, logits.shape[0], chunk_rows),
-        body,
-        rows=chunk_rows,
-        vocab_size=logits.shape[1],
-        dtype=dtype,
-        device=logits.device,
-    )
-
-
-def _block_grad(logits, grad_logits, start, per_row, inv_tau, chunk_rows, dtype) -> None:
-    def body(chunk: Chunk, work: Workspace) -> None:
-        z = logits.narrow(0, chunk.local, chunk.rows)
-        out = grad_logits.narrow(0, chunk.local, chunk.rows)
-        chunk_grad(z, chunk.packed, *per_row, out, work, inv_tau)
-
-    run_chunks(
-        _inner_chunks(start, logits.shape[0], chunk_rows),
-        body,
-        rows=chunk_rows,
-        vocab_size=logits.shape[1],
-        dtype=dtype,
-        device=logits.device,
-    )
+        return grad, None, None, None, None, None, None, None, None
 
 
 class HiddenStats(torch.autograd.Function):
     """The same statistics from hidden states and the output layer, one row block at a time."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, valid, inv_tau, block_rows, chunk_rows, cdtype):
+    def forward(ctx, hidden, weight, bias, labels, valid, inv_tau, block_rows, chunk_rows, cdtype, backend, split):  # fmt: skip
         # hidden [n, D] packed valid rows; weight [V, D]; bias [V] or None; labels [n].
-        n = hidden.shape[0]
-        sums = RowSums(n, cdtype, hidden.device)
-        label_logits = sums.m.new_zeros(n)
-        for start in range(0, n, block_rows):
-            rows = slice(start, min(start + block_rows, n))
-            logits = _block_logits(hidden[rows], weight, bias)  # [c, V]
-            label_logits[rows] = logits.gather(1, labels[rows, None]).squeeze(1)
-            _block_stats(logits, start, sums, inv_tau, chunk_rows, cdtype)
-            del logits
+        sums, label_logits = backend.hidden_sums(
+            hidden, weight, bias, labels, inv_tau, block_rows, chunk_rows, cdtype
+        )
+        if split is not None:
+            split.combine(sums, label_logits, inv_tau)
         log_s, mean_x, *stats = _finish(sums, label_logits, inv_tau)
         _check_finite(valid, *stats)
         ctx.mark_non_differentiable(stats[2], stats[3])
         ctx.save_for_backward(hidden, weight, bias, labels, sums.m, log_s, mean_x)
         ctx.inv_tau, ctx.block_rows, ctx.chunk_rows = inv_tau, block_rows, chunk_rows
+        ctx.backend, ctx.split = backend, split
         return tuple(stats)
 
     @staticmethod
@@ -203,7 +121,10 @@ class HiddenStats(torch.autograd.Function):
     def backward(ctx, grad_logprobs, grad_entropy, _grad_s, _grad_n):
         hidden, weight, bias, labels, m, log_s, mean_x = ctx.saved_tensors
         g_lp, g_h = (_packed(g, None, mean_x) for g in (grad_logprobs, grad_entropy))
-        per_row = (labels, m, log_s, *_grad_coefficients(g_lp, g_h, mean_x, ctx.inv_tau))
+        coef_x, coef_const, grad_label = _grad_coefficients(g_lp, g_h, mean_x, ctx.inv_tau)
+        if ctx.split is not None:
+            grad_label = ctx.split.owned_only(grad_label)
+        per_row = (labels, m, log_s, coef_x, coef_const, grad_label)
         n, vocab = hidden.shape[0], weight.shape[0]
         want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.zeros_like(hidden) if want_hidden else None
@@ -215,16 +136,22 @@ class HiddenStats(torch.autograd.Function):
             grad_bias = torch.zeros(vocab, dtype=acc_dtype, device=weight.device)
         for start in range(0, n, ctx.block_rows):
             rows = slice(start, min(start + ctx.block_rows, n))
-            logits = _block_logits(hidden[rows], weight, bias)  # [c, V], becomes dL/dlogits
-            grad_logits = logits if logits.dtype == acc_dtype else logits.to(acc_dtype)
-            _block_grad(logits, grad_logits, start, per_row, ctx.inv_tau, ctx.chunk_rows, m.dtype)
+            logits = block_logits(hidden[rows], weight, bias)  # [c, V]
+            grad_logits = ctx.backend.block_grad(
+                logits, start, per_row, ctx.inv_tau, ctx.chunk_rows
+            )
             if want_hidden:
                 grad_hidden[rows] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
             if want_weight:
-                grad_weight.addmm_(grad_logits.T, hidden[rows].to(acc_dtype))
+                if grad_logits.dtype == acc_dtype:
+                    grad_weight.addmm_(grad_logits.T, hidden[rows].to(acc_dtype))
+                else:  # a low-precision block product (tensor cores), summed in fp32
+                    grad_weight += grad_logits.T @ hidden[rows]
             if want_bias:
-                grad_bias += grad_logits.sum(dim=0)
+                grad_bias += grad_logits.sum(dim=0, dtype=acc_dtype)
             del logits, grad_logits
+        if grad_hidden is not None and ctx.split is not None:
+            ctx.split.reduce_hidden_grad(grad_hidden)
         grad_weight = grad_weight.to(weight.dtype) if want_weight else None
         grad_bias = grad_bias.to(bias.dtype) if want_bias else None
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, *([None] * 8)

@@ -83,6 +83,21 @@ class RowSums:
 
         self.m, self.s, self.t, self.u, self.w = new(), new(), new(), new(), new()
 
+    def rescale_to(self, new_m: Tensor, inv_tau: float) -> None:
+        """Re-express the sums at a row max `new_m >= m`, i.e. as sums of `(z_i - new_m) / tau`.
+
+        With `d = (m - new_m) / tau` and `a = e^d`: `s -> a s`, `t -> a (t + d s)`,
+        `u -> a^2 u`, `w -> a^2 (w + d u)` (every `x_i` shifts by `d`, every `e_i` scales by
+        `a`). The Triton kernels apply the same update as their running max grows.
+        """
+        d = (self.m - new_m) * inv_tau
+        a = torch.exp(d)
+        self.t = a * (self.t + d * self.s)
+        self.s = a * self.s
+        self.w = a * a * (self.w + d * self.u)
+        self.u = a * a * self.u
+        self.m = new_m
+
     def finish(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """`(log_s, mean_x, entropy, baseline)`, each `[n]` (formulas in the module docstring)."""
         log_s = torch.log(self.s)

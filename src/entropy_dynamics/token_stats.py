@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ._token_stats_autograd import HiddenStats, LogitsStats
+from ._token_stats_backends import TORCH, TritonBackend
 from ._token_stats_kernels import (
     compute_dtype_for,
     default_block_rows,
@@ -62,6 +63,7 @@ def token_stats(
     chunk_size: int | None = None,
     mask: Tensor | None = None,
     ignore_index: int = -100,
+    backend: str = "auto",
 ) -> TokenStats:
     """Log-prob, entropy, discriminator `S_*` and baseline `N` of each labelled token.
 
@@ -75,6 +77,11 @@ def token_stats(
             float rounding.
         mask: optional `[B, T]` bool (or 0/1 integer): True for counted positions.
         ignore_index: positions whose label equals it are ignored as well.
+        backend: `"auto"` (Triton on CUDA tensors when triton is importable, torch otherwise),
+            `"torch"` (row chunks of torch ops; `chunk_size` applies) or `"triton"` (fused
+            kernels, one read of the logits forward and one more backward; on CPU tensors
+            only under Triton's interpreter, `TRITON_INTERPRET=1`). Same results up to float
+            rounding.
 
     Returns:
         `TokenStats(logprobs, entropy, discriminator, baseline)`, each `[B, T]`, fp32 (fp64 for
@@ -84,7 +91,8 @@ def token_stats(
 
     Raises:
         ValueError: on a wrong type, dtype or shape, labels outside `[0, V)` at counted
-            positions, NaN or +-inf logits in a counted row, `temperature <= 0`, `chunk_size <= 0`.
+            positions, NaN or +-inf logits in a counted row, `temperature <= 0`, `chunk_size <= 0`,
+            an unknown `backend`, or `backend="triton"` where Triton cannot run.
 
     Differs from the paper: not in value. `N` and `S_*` are evaluated in forms algebraically
     equal to Thm 3.3 / 3.2 that avoid `log sum exp` rounding (see `_token_stats_kernels`), and
@@ -98,8 +106,9 @@ def token_stats(
     inv_tau = _inverse_temperature(temperature)
     chunk_rows = _chunk_rows(chunk_size, logits.device, vocab)
     cdtype = compute_dtype_for(logits.dtype)
+    kernels = resolve_backend(backend, logits.device)
     outputs = LogitsStats.apply(
-        logits, packed_labels, valid, valid_runs(valid), inv_tau, chunk_rows, cdtype
+        logits, packed_labels, valid, valid_runs(valid), inv_tau, chunk_rows, cdtype, kernels, None
     )
     return TokenStats(*outputs)
 
@@ -114,6 +123,7 @@ def token_stats_from_hidden(
     chunk_size: int | None = None,
     mask: Tensor | None = None,
     ignore_index: int = -100,
+    backend: str = "auto",
 ) -> TokenStats:
     """`token_stats(hidden @ weight.T + bias, labels, ...)` without ever holding `[B, T, V]` logits.
 
@@ -132,6 +142,10 @@ def token_stats_from_hidden(
         chunk_size: rows per logits block (default: about 64 M logits, 441 rows at V = 151936);
             the statistics inside a block use the `token_stats` chunking.
         mask, ignore_index: as in `token_stats`.
+        backend: as in `token_stats`. With `"triton"` the forward pass computes `BLOCK_M x
+            128` tiles of logits inside the kernel (`tl.dot`) and never stores a block; the
+            backward pass recomputes `chunk_size` rows of logits at a time (cuBLAS), writes
+            their gradient over them (in the weights' dtype) and multiplies it out.
 
     Returns:
         `TokenStats`, each `[B, T]`, equal to `token_stats` of the full logits up to rounding.
@@ -176,9 +190,40 @@ def token_stats_from_hidden(
         block_rows,
         min(inner_rows, block_rows),
         compute_dtype_for(weight.dtype),
+        resolve_backend(backend, hidden.device),
+        None,
     )
     shape = hidden.shape[:-1]
     return TokenStats(*(_unpack(valid, t, shape) for t in stats))
+
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def resolve_backend(backend: str, device: torch.device):
+    """The backend object for `backend` on tensors of `device` (see `token_stats`)."""
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
+        )
+    if backend == "torch" or (backend == "auto" and device.type != "cuda"):
+        return TORCH
+    try:
+        from . import _token_stats_triton as kernels
+    except ImportError as err:
+        if backend == "auto":
+            return TORCH
+        raise ValueError(
+            f"backend='triton' needs the triton package (pip install 'triton>=3.6'): {err}"
+        ) from err
+    if device.type == "cpu" and not kernels.INTERPRETED:
+        raise ValueError(
+            "backend='triton' got CPU tensors, which Triton runs only in its interpreter: set "
+            "TRITON_INTERPRET=1 in the environment before entropy_dynamics' Triton kernels are "
+            "first imported (e.g. `TRITON_INTERPRET=1 python ...`), move the tensors to CUDA, "
+            "or use backend='auto' / 'torch'"
+        )
+    return TritonBackend(kernels)
 
 
 def _unpack(valid: Tensor, packed: Tensor, shape: torch.Size) -> Tensor:
@@ -241,6 +286,11 @@ def _check_labels(labels, shape, vocab, mask, ignore_index, device) -> tuple[Ten
             raise ValueError(
                 f"mask must have shape {tuple(shape)} on {device}, got "
                 f"{tuple(mask.shape)} on {mask.device}"
+            )
+        if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+            raise ValueError(
+                "mask must hold only 0 and 1 (or be bool), got other values, e.g. "
+                f"{int(mask[(mask != 0) & (mask != 1)][0])}"
             )
         valid = valid & (mask != 0)
     valid = valid.reshape(-1)
