@@ -220,7 +220,7 @@ def test_missing_metrics_skip_figures_with_notes(tmp_path):
         assert not (tmp_path / "out" / "figures" / spec.filename).exists()
         assert f"figures/{spec.filename}" not in text
     assert text.count("*Skipped: nothing to draw.*") == len(FIGURES) - 1
-    assert "no 'reward/mean' in metrics.jsonl" in text
+    assert "no 'reward/mean' in its training log" in text
     assert "no dist/step-N.npz" in text
     # entropy/mean is 1 - 0.1 * step: 0.9 at step 1, 0.5 at step 5; nothing else known
     assert "| bare | ? | – | 5 | 0.9 | 0.5 | – | – | – | – | – | – |" in text

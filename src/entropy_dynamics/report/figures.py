@@ -39,7 +39,7 @@ class FigureSpec:
 def _series_or_note(run: Run, key: str, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     steps, values = run.series(key)
     if steps.size == 0:
-        notes.append(f"{run.name}: no '{key}' in metrics.jsonl")
+        notes.append(f"{run.name}: no '{key}' in its training log")
     return steps, values
 
 

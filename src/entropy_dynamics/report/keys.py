@@ -20,7 +20,13 @@ REWARD = "reward/mean"
 # Fractions of valid tokens removed from the loss: every filter's `<name>/frac_dropped`
 # (clip_b, clip_v, clip_cov, top_entropy) and the PPO ratio clipping fractions.
 _DROP_SUFFIX = "/frac_dropped"
-CLIP_FRACTIONS = (LOSS_CLIP_FRAC_LOW, LOSS_CLIP_FRAC_HIGH)
+# verl's actor logs its PPO clip fraction (both sides) and its dual-clip fraction under these.
+CLIP_FRACTIONS = (
+    LOSS_CLIP_FRAC_LOW,
+    LOSS_CLIP_FRAC_HIGH,
+    "actor/pg_clipfrac",
+    "actor/pg_clipfrac_lower",
+)
 
 
 def is_drop_fraction(key: str) -> bool:

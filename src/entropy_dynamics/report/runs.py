@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from entropy_dynamics.report.external import read_external
+
 _DIST_FILE = re.compile(r"^step-(\d+)\.(npz|pt)$")
 
 
@@ -141,9 +143,9 @@ def _clean_metrics(rows: list[dict[str, Any]], notes: list[str]) -> list[dict[st
             out[key] = number
         cleaned.append(out)
     if no_step:
-        notes.append(f"metrics.jsonl: skipped {no_step} line(s) without an integer 'step'")
+        notes.append(f"skipped {no_step} training log row(s) without an integer 'step'")
     if dropped_values:
-        notes.append(f"metrics.jsonl: ignored {dropped_values} null/NaN/infinite value(s)")
+        notes.append(f"ignored {dropped_values} null/NaN/infinite value(s) in the training log")
     return cleaned
 
 
@@ -232,19 +234,34 @@ def _read_dist(run_dir: Path, notes: list[str]) -> tuple[dict[str, np.ndarray] |
     return arrays, step
 
 
+_WHAT_IS_READ = (
+    "pass run directories written by our trainer (metrics.jsonl and/or eval.jsonl), a TRL "
+    "output directory (trainer_state.json, checkpoint-N/trainer_state.json or TensorBoard "
+    "events), or verl's tracker output (its file logger's .jsonl or TensorBoard events)"
+)
+
+
+def _load_external(path: Path) -> Run:
+    """A TRL or verl log (`report.external`) as a Run without evaluations or distributions."""
+    found = read_external(path)
+    if found is None:
+        what = "is not a directory" if not path.is_dir() else "holds no log the report reads"
+        raise ValueError(f"run_dirs: {str(path)!r} {what}; {_WHAT_IS_READ}")
+    rows, notes = found
+    metrics = _clean_metrics(rows, notes)
+    name = path.stem if path.is_file() else path.name
+    return Run(name=name, path=path, config={}, metrics=metrics, evals=[], notes=notes)
+
+
 def load_run(run_dir: Path) -> Run:
-    """Read one run directory (see docs/report.md for the schema)."""
+    """Read one run directory, or a TRL / verl log (see docs/report.md for what is read)."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ValueError(
-            f"run_dirs: {str(run_dir)!r} is not a directory; pass run directories "
-            "written by the trainer (with metrics.jsonl and/or eval.jsonl)"
-        )
-    if not (run_dir / "metrics.jsonl").is_file() and not (run_dir / "eval.jsonl").is_file():
-        raise ValueError(
-            f"run_dirs: {str(run_dir)!r} has neither metrics.jsonl nor eval.jsonl; "
-            "is it a run directory?"
-        )
+    if not run_dir.is_dir() or (
+        not (run_dir / "metrics.jsonl").is_file() and not (run_dir / "eval.jsonl").is_file()
+    ):
+        if not run_dir.exists():
+            raise ValueError(f"run_dirs: {str(run_dir)!r} does not exist; {_WHAT_IS_READ}")
+        return _load_external(run_dir)
     notes: list[str] = []
     config: dict[str, Any] = {}
     config_path = run_dir / "config.yaml"
