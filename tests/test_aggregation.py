@@ -161,7 +161,7 @@ def test_bad_input_raises():
         aggregate(loss, mask.float())
     with pytest.raises(ValueError, match="num_tokens must be a 0-dim"):
         aggregate(loss, mask, num_tokens=torch.tensor([3, 4]))
-    with pytest.raises(ValueError, match="num_seqs must be a number"):
+    with pytest.raises(ValueError, match="num_seqs must be a whole count"):
         aggregate(loss, mask, "seq-mean-token-sum", num_seqs="2")
 
 

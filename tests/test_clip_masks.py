@@ -42,6 +42,15 @@ def ref_clip_b(S, A, mask, *, mu=2.5, variant="released", mu_low=None, mu_high=N
 
 
 def ref_clip_v(S, N, A, mask, *, mu=8.5, max_frac=1e-4, variant="released"):
+    """The authors' released rule (Trinity-RFT ``clipv``), as a loop over the valid tokens.
+
+    Steps as the anchor takes them: keep A > 0; every other token would drop iff D > mu s_D. If
+    the share of would-drop tokens is at most max_frac, all of them drop. Otherwise only the
+    A < 0 ones are capped: if more than K = max(int(max_frac n), 1) of them would drop, only the
+    K with the largest D drop and the other A < 0 ones are kept; would-drop A = 0 tokens drop
+    whatever happens. Ties (equal D): earlier row-major position first (ours; the anchor's
+    torch.topk leaves the order unspecified).
+    """
     S, N, A = (np.asarray(x, np.float64) for x in (S, N, A))
     mask = np.asarray(mask, bool)
     rows, cols = S.shape
@@ -59,12 +68,18 @@ def ref_clip_v(S, N, A, mask, *, mu=8.5, max_frac=1e-4, variant="released"):
         for p in positions:
             keep[p] = abs(D[p]) <= mu * s_d
         return keep
-    drop = [p for p in positions if A[p] <= 0 and D[p] > mu * s_d]
-    if len(drop) > max_frac * n:
-        k = max(math.floor(max_frac * n), 1)
-        # largest D first; ties: earlier row-major position first (positions are in that order)
-        drop = sorted(drop, key=lambda p: -D[p])[:k]
-    for p in drop:
+    would_drop = [p for p in positions if A[p] <= 0 and D[p] > mu * s_d]
+    for p in would_drop:
+        keep[p] = False
+    if len(would_drop) / n <= max_frac:
+        return keep
+    k = max(int(max_frac * n), 1)
+    negative = [p for p in would_drop if A[p] < 0]
+    if len(negative) <= k:
+        return keep
+    for p in negative:  # every A < 0 candidate back in, then the K largest D out again
+        keep[p] = True
+    for p in sorted(negative, key=lambda p: -D[p])[:k]:
         keep[p] = False
     return keep
 
@@ -208,9 +223,14 @@ def test_released_never_drops_positive_and_cap_holds(batch, mu, max_frac):
     n = int(mask.sum())
     would_drop = int((mask & ~uncapped).sum())
     dropped = int((mask & ~keep).sum())
-    if would_drop > max_frac * n:  # the cap binds: exactly K tokens, all among the would-be
-        assert dropped == max(math.floor(max_frac * n), 1)
-        assert not (~keep & uncapped & mask).any()
+    k = max(math.floor(max_frac * n), 1)
+    would_drop_neg = int((mask & ~uncapped & (A < 0)).sum())
+    assert not (~keep & uncapped & mask).any()  # only would-be-dropped tokens ever drop
+    # would-be-dropped A = 0 tokens drop whatever the cap
+    assert not keep[mask & ~uncapped & (A == 0)].any()
+    if would_drop > max_frac * n and would_drop_neg > k:  # the cap binds on the A < 0 ones
+        assert int((mask & ~keep & (A < 0)).sum()) == k
+        assert dropped == k + (would_drop - would_drop_neg)
     else:
         assert torch.equal(keep, uncapped)
 

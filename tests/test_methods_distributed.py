@@ -15,7 +15,7 @@ SPECS = [
     "clip_b(mu=0.7, variant='paper', mu_high=1.0)",
     "clip_v(mu=0.3, max_frac=0.02)",  # many would drop: the top-K cap binds (checked below)
     "clip_v(mu=1.0, max_frac=0.5)",
-    "clip_cov(ratio=0.05, lb=-0.5, ub=10.0, seed=3)",
+    "clip_cov(ratio=0.05, lb=-0.5, ub=10.0, seed=3, denominator='kept')",
     "kl_cov(ratio=0.05)",
     "top_entropy(rho=0.3)",
     "ppo + clip_b(mu=0.5) + clip_v(mu=0.5, max_frac=0.01) + top_entropy + kl_cov",

@@ -88,12 +88,12 @@ def test_clip_cov_part_uses_the_surrogate_clip():
     # Token 0: A = 1, r = e^0.5 = 1.65 > 1.2: clipped by ppo() but not by ppo(eps=1) (r < 2).
     old = LOGP4 - torch.tensor([[0.5, 0.0, 0.0, 0.0]])
     batch = _batch(ALL4, A4, LOGP4, old_logprobs=old)
-    assert build("ppo + clip_cov(ratio=0.5, lb=0.5)").plan(batch).keep.tolist() == [
-        [True, True, True, False]
-    ]
-    assert build("clip_cov(ratio=0.5, lb=0.5)").plan(batch).keep.tolist() == [
-        [False, True, True, False]
-    ]
+    spec = "clip_cov(ratio=0.5, lb=0.5, denominator='kept')"
+    assert build("ppo + " + spec).plan(batch).keep.tolist() == [[True, True, True, False]]
+    assert build(spec).plan(batch).keep.tolist() == [[False, True, True, False]]
+    # The preset (verl's rule): the dropped tokens stay in keep, their surrogate weight is 0.
+    plan = build("clip_cov(ratio=0.5, lb=0.5)").plan(batch)
+    assert plan.keep.all() and plan.weight.tolist() == [[0.0, 1.0, 1.0, 0.0]]
 
 
 def test_top_entropy_hand_computed():
@@ -174,9 +174,9 @@ def test_entropy_bonus_and_adaptive():
         adaptive.step_end({})
 
 
-def test_adv_weight_w_reinforce():
+def test_adv_weight_scales_by_sign():
     A = torch.tensor([[2.0, -1.0, 0.0]])
-    method = build("w_reinforce")
+    method = build("pg + adv_weight(pos_weight=0.1)")
     logp = torch.zeros(1, 3)
     plan = method.plan(_batch(torch.ones(1, 3, dtype=torch.bool), A, logp))
     assert plan.weight.tolist() == [[pytest.approx(0.1), 1.0, 1.0]]

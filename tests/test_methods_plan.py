@@ -180,7 +180,10 @@ def test_batch_rows():
 
 def test_state_dict_round_trip():
     batch = random_batch()
-    spec = "clip_cov(ratio=0.2, lb=-10.0, ub=10.0) + adaptive_entropy_bonus(coef=0.01)"
+    spec = (
+        "clip_cov(ratio=0.2, lb=-10.0, ub=10.0, denominator='kept') "
+        "+ adaptive_entropy_bonus(coef=0.01)"
+    )
     method = build(spec)
     method.plan(batch)  # advances the Clip-Cov generator
     method.step_end({dg.ENTROPY_BONUS_ENTROPY: 0.0})

@@ -53,30 +53,37 @@ def test_presets_registered_documented_and_round_trip(name):
 
 def test_preset_arguments_override_defaults():
     assert (
-        build("clip_b(mu=2.0)").spec == "ppo(eps_low=0.2, eps_high=0.2) + clip_b(mu=2.0, "
-        "variant='released')"
+        build("clip_b(mu=2.0)").spec == "ppo(eps_low=0.2, eps_high=0.2, dual_clip=3.0) + "
+        "clip_b(mu=2.0, variant='released', denominator='kept')"
     )
     method = build("clip_v(mu=6, max_frac=1e-3)")
     assert (method.filters[0].mu, method.filters[0].max_frac) == (6, 1e-3)
     assert build("clip_cov(ratio=1e-3)").surrogate.eps_low == 1.0  # the preset's clip range kept
     assert build("kl_cov(ratio=2e-4, coef=0.1)").spec == "pg + kl_cov(ratio=0.0002, coef=0.1)"
     assert build("clip_higher(eps_high=0.3)").surrogate.eps_high == 0.3
-    assert build("w_reinforce(pos_weight=0.2)").reweights[0].pos_weight == 0.2
+    assert build("w_reinforce(pos_weight=0.2)").advantage.pos_weight == 0.2
+    assert build("clip_b(dual_clip=None)").surrogate.spec == "ppo(eps_low=0.2, eps_high=0.2)"
     with pytest.raises(ValueError, match="no part accepts argument 'rho'"):
         build("clip_b(rho=0.1)")
 
 
 def test_surrogate_resolution():
-    # No surrogate: default PPO clip.
-    assert build("clip_b").surrogate.spec == "ppo(eps_low=0.2, eps_high=0.2)"
+    # No surrogate: default PPO clip; the Clip_B / Clip_V / GRPO presets add the dual clip.
+    assert build("clip_b").surrogate.spec == "ppo(eps_low=0.2, eps_high=0.2, dual_clip=3.0)"
+    assert build("top_entropy").surrogate.spec == "ppo(eps_low=0.2, eps_high=0.2)"
     # A named surrogate wins over a preset's.
     assert build("ppo(eps_high=0.28) + clip_b(mu=2.5)").surrogate.eps_high == 0.28
     assert build("pg + clip_cov").surrogate.name == "pg"
     # A non-default preset surrogate wins over the plain default one.
-    assert build("clip_higher + clip_b").surrogate.eps_high == 0.28
+    assert build("clip_higher + top_entropy").surrogate.eps_high == 0.28
+    assert build("clip_b + entropy_bonus").surrogate.dual_clip == 3.0
     assert build("ce_gppo + entropy_bonus").surrogate.name == "ce_gppo"
     with pytest.raises(ValueError, match="imply different surrogates"):
         build("clip_cov + kl_cov")
+    with pytest.raises(ValueError, match="imply different surrogates"):
+        build("clip_higher + clip_b")  # name one: 'ppo(eps_high=0.28, dual_clip=3.0) + clip_b'
+    with pytest.raises(ValueError, match="uses w_reinforce twice"):
+        build("w_reinforce + w_reinforce(pos_weight=0.2)")
     with pytest.raises(ValueError, match="names 2 surrogates"):
         build("ppo + pg")
     with pytest.raises(ValueError, match="uses clip_b twice"):

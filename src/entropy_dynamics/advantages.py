@@ -8,7 +8,7 @@ Results are fp32 (fp64 input stays fp64). ``broadcast_to_tokens`` spreads them o
     >>> import torch
     >>> from entropy_dynamics import advantages
     >>> advantages.names()
-    ('dr_grpo', 'grpo', 'rloo')
+    ('dr_grpo', 'grpo', 'rloo', 'w_reinforce')
     >>> advantages.get("rloo")(torch.tensor([1.0, 0.0, 0.0, 0.0]), 4)
     tensor([ 1.0000, -0.3333, -0.3333, -0.3333])
 """
@@ -29,7 +29,10 @@ __all__ = [
     "names",
     "register",
     "rloo_advantages",
+    "w_reinforce_advantages",
 ]
+
+GROUP_OF_ONE = ("zero", "reward")
 
 Estimator = Callable[..., Tensor]
 _REGISTRY: dict[str, Estimator] = {}
@@ -92,8 +95,19 @@ def _out_dtype(rewards: Tensor) -> torch.dtype:
     return torch.float64 if rewards.dtype == torch.float64 else torch.float32
 
 
+def _check_group_of_one(group_of_one) -> str:
+    if group_of_one not in GROUP_OF_ONE:
+        raise ValueError(
+            f"group_of_one must be one of {list(GROUP_OF_ONE)} ('zero': a lone response has no "
+            f"baseline; 'reward': verl's mean 0 / std 1), got {group_of_one!r}"
+        )
+    return group_of_one
+
+
 @register("grpo")
-def grpo_advantages(rewards: Tensor, group_size: int, *, eps: float = 1e-6) -> Tensor:
+def grpo_advantages(
+    rewards: Tensor, group_size: int, *, eps: float = 1e-6, group_of_one: str = "zero"
+) -> Tensor:
     """GRPO's group z-score (DeepSeekMath, Shao et al. 2024, arXiv 2402.03300).
 
     ``rewards``: ``[B]`` with ``B = num_prompts * G``, ``G = group_size``. Returns ``[B]``:
@@ -101,17 +115,21 @@ def grpo_advantages(rewards: Tensor, group_size: int, *, eps: float = 1e-6) -> T
     with the UNBIASED std (denominator ``G - 1``) and ``eps`` added to the std (PAPER.md
     section 3, as in the authors' released code). A group of equal rewards gives 0.
 
-    Differs from the released code: there a group of one gets mean 0 and std 1, so
-    ``A = R / (1 + eps)``; here a group of one gets ``A = 0`` (mean = R, std = 1): a lone
-    response has no baseline to be better or worse than.
+    Differs from the released code (and verl): there a group of one gets mean 0 and std 1, so
+    ``A = R / (1 + eps)``; here a group of one gets ``A = 0``: a lone response has no baseline
+    to be better or worse than. ``group_of_one="reward"`` gives the released ``R / (1 + eps)``.
+    TRL puts ``eps = 1e-4`` (``eps=1e-4`` reproduces it).
 
     Example: rewards ``[1, 0, 0, 0]``, G = 4: mean 0.25, unbiased std 0.5, so
     ``A = [0.75, -0.25, -0.25, -0.25] / (0.5 + 1e-6) ~ [1.5, -0.5, -0.5, -0.5]``.
     """
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite float > 0 (it keeps 0 / 0 away), got {eps!r}")
+    _check_group_of_one(group_of_one)
     grouped = _grouped(rewards, group_size)  # (B/G, G)
     centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if group_size == 1 and group_of_one == "reward":
+        return (grouped / (1.0 + eps)).reshape(-1).to(_out_dtype(rewards))
     if group_size == 1 or grouped.numel() == 0:  # no spread to measure
         return torch.zeros_like(centred).reshape(-1).to(_out_dtype(rewards))
     std = grouped.std(dim=1, correction=1, keepdim=True)
@@ -119,35 +137,76 @@ def grpo_advantages(rewards: Tensor, group_size: int, *, eps: float = 1e-6) -> T
 
 
 @register("dr_grpo")
-def dr_grpo_advantages(rewards: Tensor, group_size: int) -> Tensor:
+def dr_grpo_advantages(rewards: Tensor, group_size: int, *, group_of_one: str = "zero") -> Tensor:
     """Dr. GRPO's mean-centred advantage (Liu et al. 2025, "Understanding R1-Zero-Like
     Training: A Critical Perspective", arXiv 2503.20783).
 
     ``rewards [B]`` -> ``[B]``: ``A_i = R_i - mean_g R``; no division by the group std, which
-    the paper shows biases updates towards too-easy and too-hard prompts. A group of one gets 0.
+    the paper shows biases updates towards too-easy and too-hard prompts. A group of one gets 0;
+    ``group_of_one="reward"`` gives verl's ``R`` (its GRPO without std uses mean 0 there).
 
     Example: rewards ``[1, 0, 0, 0]``, G = 4 -> ``[0.75, -0.25, -0.25, -0.25]``.
     """
+    _check_group_of_one(group_of_one)
     grouped = _grouped(rewards, group_size)  # (B/G, G)
+    if group_size == 1 and group_of_one == "reward":
+        return grouped.reshape(-1).to(_out_dtype(rewards))
     return (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1).to(_out_dtype(rewards))
 
 
 @register("rloo")
-def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
+def rloo_advantages(rewards: Tensor, group_size: int, *, group_of_one: str = "zero") -> Tensor:
     """REINFORCE leave-one-out (Ahmadian et al. 2024, "Back to Basics: Revisiting
     REINFORCE-Style Optimization for Learning from Human Feedback in LLMs", arXiv 2402.14740).
 
     ``rewards [B]`` -> ``[B]``: ``A_i = R_i - mean_{j != i} R_j`` over the other ``G - 1``
     responses of the same prompt, computed as ``(sum_g R - R_i) / (G - 1)`` for the baseline.
-    A group of one has no other response and gets 0.
+    A group of one has no other response and gets 0; ``group_of_one="reward"`` gives verl's
+    ``R`` (no baseline there).
 
     Example: rewards ``[1, 0, 0, 0]``, G = 4 -> ``[1 - 0, 0 - 1/3, 0 - 1/3, 0 - 1/3]``.
     """
+    _check_group_of_one(group_of_one)
     grouped = _grouped(rewards, group_size)  # (B/G, G)
     if group_size == 1:
-        return torch.zeros_like(grouped).reshape(-1).to(_out_dtype(rewards))
+        keep = group_of_one == "reward"
+        return (grouped if keep else torch.zeros_like(grouped)).reshape(-1).to(_out_dtype(rewards))
     baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
     return (grouped - baseline).reshape(-1).to(_out_dtype(rewards))
+
+
+@register("w_reinforce")
+def w_reinforce_advantages(
+    rewards: Tensor, group_size: int, *, pos_weight: float = 0.1, neg_weight: float = 1.0
+) -> Tensor:
+    """W-REINFORCE's advantage (Zhu et al. 2025, "The Surprising Effectiveness of Negative
+    Reinforcement in LLM Reasoning", arXiv 2506.01347), as the authors' code computes it.
+
+    ``rewards [B]`` of 0 (wrong) or 1 (correct) -> ``[B]``: ``A = +pos_weight`` (lambda, 0.1)
+    for a correct and ``A = -neg_weight`` (1) for a wrong response. There is no group baseline:
+    an all-correct group gets ``+pos_weight`` each, not 0. ``group_size`` only checks the layout.
+    Rewards other than 0 and 1 are refused (the authors' code leaves them unweighted, which is
+    not W-REINFORCE); use ``grpo`` for graded rewards.
+
+    Example: rewards ``[1, 0, 1, 1]``, G = 2 -> ``[0.1, -1.0, 0.1, 0.1]``.
+    """
+    for name, value in (("pos_weight", pos_weight), ("neg_weight", neg_weight)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not (math.isfinite(value) and value >= 0)
+        ):
+            raise ValueError(f"w_reinforce: {name} must be a finite number >= 0, got {value!r}")
+    grouped = _grouped(rewards, group_size)  # (B/G, G)
+    binary = (grouped == 0) | (grouped == 1)
+    if not bool(binary.all()):
+        bad = grouped[~binary].reshape(-1)[:3].tolist()
+        raise ValueError(
+            f"w_reinforce: rewards must be 0 (wrong) or 1 (correct), got {bad}; W-REINFORCE is "
+            "defined for verifiable 0/1 rewards (use 'grpo' for graded ones)"
+        )
+    advantage = torch.where(grouped == 1, float(pos_weight), -float(neg_weight))
+    return advantage.reshape(-1).to(_out_dtype(rewards))
 
 
 def broadcast_to_tokens(advantages: Tensor, mask: Tensor) -> Tensor:

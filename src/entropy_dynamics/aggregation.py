@@ -14,6 +14,8 @@ adding such rows never changes the loss (verl's ``seq-mean-token-mean`` makes th
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -49,18 +51,42 @@ def _check_mask(mask: Tensor) -> None:
 
 
 def _normaliser(value, fallback: Tensor, name: str, like: Tensor) -> Tensor:
-    """``value`` (int, float or 0-dim tensor >= 0) or ``fallback`` as a tensor like ``like``."""
+    """``value`` (a whole count >= this call's own count ``fallback``) or ``fallback``, as a
+    tensor like ``like``, clamped to >= 1.
+
+    A Python number, or a tensor on the CPU, is checked in full: finite, whole, not negative and
+    not below this call's count (a global count cannot be smaller than a local one; a smaller
+    one would silently turn the mean into a sum). A tensor on an accelerator is only checked for
+    its shape and dtype, to keep the loss free of host syncs.
+    """
     if value is None:
         value = fallback
     elif isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
-        raise ValueError(f"{name} must be a number or 0-dim tensor >= 0, got {value!r}")
+        raise ValueError(f"{name} must be a whole count >= 0 (int or 0-dim tensor), got {value!r}")
+    elif isinstance(value, Tensor):
+        if value.dim() != 0 or value.dtype == torch.bool or value.is_complex():
+            raise ValueError(
+                f"{name} must be a 0-dim real tensor or a number, got a {value.dtype} tensor of "
+                f"shape {tuple(value.shape)}"
+            )
+        if value.device.type == "cpu":
+            _check_count(float(value), fallback, name)
+    else:
+        _check_count(float(value), fallback, name)
     value = torch.as_tensor(value).to(dtype=like.dtype, device=like.device)
-    if value.dim() != 0:
-        raise ValueError(
-            f"{name} must be a 0-dim tensor or a number, got shape {tuple(value.shape)}"
-        )
     # A zero count means no valid token anywhere, so the numerator is 0 too: 0 / 1 = 0, not NaN.
     return value.clamp(min=1)
+
+
+def _check_count(number: float, local: Tensor, name: str) -> None:
+    if not math.isfinite(number) or number < 0 or number != math.floor(number):
+        raise ValueError(f"{name} must be a whole count >= 0, got {number!r}")
+    counted = int(local)
+    if number < counted:
+        raise ValueError(
+            f"{name}={number:g} is fewer than the {counted} this call's mask counts; pass the "
+            "whole batch's counts (aggregation.normalisers(keep_mask)) or leave it None"
+        )
 
 
 def aggregate(
@@ -91,10 +117,13 @@ def aggregate(
     and are not used. A zero count (no valid token) gives 0 and zero gradient, never NaN;
     masked positions never reach the result or its gradient, whatever they hold.
 
-    Differs from verl: its ``seq-mean-token-sum-norm`` divides the sum over ALL sequences by a
-    constant (default ``T``) and does not divide by the number of sequences; here the sequences
-    are also averaged, Dr. GRPO's ``1/S sum_b sum_t l_bt / max_len`` (its ``1/G`` per group), so
-    the scale does not grow with the batch size. verl's value is ``S`` times this one.
+    ``num_tokens`` / ``num_seqs`` must be whole counts, not below this call's own counts
+    (checked for Python numbers and CPU tensors; see ``_normaliser``).
+
+    Same as verl 0.9.1's ``agg_loss`` (every mode, with ``loss_scale_factor = max_len`` for
+    ``seq-mean-token-sum-norm``; before verl 0.7.1 that mode did not divide by the number of
+    sequences). Differs from TRL: its sequence-mean losses count rows without a valid token in
+    ``S`` (``.mean()`` over all rows); here and in verl they do not.
 
     Example: ``loss = [[1, 2, 9], [4, 9, 9]]``, ``mask = [[1, 1, 0], [1, 0, 0]]``:
     token-mean ``7 / 3``; seq-mean-token-mean ``(1.5 + 4) / 2 = 2.75``; seq-mean-token-sum

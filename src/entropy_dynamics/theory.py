@@ -3,7 +3,8 @@
 Every function works on logits `z` of shape `[..., V]` (any leading dims) for the distribution
 `p = softmax(z)`; to model a sampling temperature `T`, pass `z / T`. Results are fp32 for fp16,
 bf16 and fp32 inputs, and fp64 for fp64 inputs. Logits of `-inf` (a masked vocabulary entry) are
-allowed and give `p_i = 0`, which contributes nothing; NaN or `+inf` raise `ValueError`.
+allowed and give `p_i = 0`, which contributes nothing; NaN or `+inf` raise `ValueError`, as do
+NaN or inf step sizes (`eps`, `alpha`).
 
 The one identity everything rests on (PAPER.md section 2): `S_j = p_j (H + log p_j) = -dH/dz_j`,
 so for any small logit change `dz`, `dH = -sum_j S_j dz_j + O(|dz|^2)`.
@@ -17,6 +18,8 @@ Example:
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -71,6 +74,20 @@ def _check_token(token: Tensor, logits: Tensor) -> Tensor:
             f"token ids must lie in [0, {V}), got range [{token.min()}, {token.max()}]"
         )
     return token.long()
+
+
+def _check_step(value, name: str) -> Tensor | float:
+    """A step size (``eps`` or ``alpha``): a finite number or a finite real tensor."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+        raise ValueError(f"{name} must be a finite number or tensor, got {value!r}")
+    if isinstance(value, Tensor):
+        if value.dtype == torch.bool or value.is_complex():
+            raise ValueError(f"{name} must be a real tensor, got dtype {value.dtype}")
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name} contains NaN or inf; expected finite step sizes")
+    elif not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
 
 
 def _probs_and_logprobs(z: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,6 +150,7 @@ def predict_single_logit_change(logits: Tensor, token: Tensor, eps: float | Tens
     """
     z = _check_logits(logits)
     k = _check_token(token, z)
+    eps = _check_step(eps, "eps")
     S_k = discriminator(z).gather(-1, k.unsqueeze(-1)).squeeze(-1)
     return -torch.as_tensor(eps, dtype=z.dtype) * S_k
 
@@ -146,6 +164,7 @@ def predict_grpo_step_change(logits: Tensor, token: Tensor, alpha: float | Tenso
     """
     z = _check_logits(logits)
     k = _check_token(token, z)
+    alpha = _check_step(alpha, "alpha")
     S_k = discriminator(z).gather(-1, k.unsqueeze(-1)).squeeze(-1)
     return -torch.as_tensor(alpha, dtype=z.dtype) * (S_k - vocab_baseline(z))
 
@@ -159,6 +178,7 @@ def grpo_step_delta(logits: Tensor, token: Tensor, alpha: float | Tensor) -> Ten
     """
     z = _check_logits(logits)
     k = _check_token(token, z)
+    alpha = _check_step(alpha, "alpha")
     p = torch.softmax(z, dim=-1)
     e_k = torch.zeros_like(p).scatter_(-1, k.unsqueeze(-1), 1.0)
     return torch.as_tensor(alpha, dtype=z.dtype).unsqueeze(-1) * (e_k - p)
@@ -185,6 +205,7 @@ def exact_single_logit_change(logits: Tensor, token: Tensor, eps: float | Tensor
     """
     z = _check_logits(logits)
     k = _check_token(token, z)
+    eps = _check_step(eps, "eps")
     e_k = torch.zeros_like(z).scatter_(-1, k.unsqueeze(-1), 1.0)
     return exact_entropy_change(z, torch.as_tensor(eps, dtype=z.dtype).unsqueeze(-1) * e_k)
 

@@ -6,7 +6,7 @@
 
 from . import clipping, filters, regularisers, reweight, surrogates  # noqa: F401  (registers)
 from . import presets as _presets  # noqa: F401  (registers the presets)
-from .base import Filter, Part, Plan, Regulariser, Reweight, Surrogate, TokenBatch
+from .base import Advantage, Filter, Part, Plan, Regulariser, Reweight, Surrogate, TokenBatch
 from .clipping import clip_b_mask, clip_v_mask
 from .filters import centred_covariance, clip_cov_mask, sign_condition_mask, top_entropy_mask
 from .method import Method
@@ -17,6 +17,7 @@ from .spec import build, parse
 from .surrogates import ce_gppo_loss, pg_loss, ppo_loss
 
 __all__ = [
+    "Advantage",
     "Filter",
     "Method",
     "Part",

@@ -33,6 +33,13 @@ def check_choice(owner: str, name: str, value, choices: tuple[str, ...]) -> str:
     return value
 
 
+def check_denominator(owner: str, value) -> str:
+    """A filter's ``denominator`` choice (see ``base.DENOMINATORS``)."""
+    from .base import DENOMINATORS
+
+    return check_choice(owner, "denominator", value, DENOMINATORS)
+
+
 def check_same_shape(owner: str, **tensors: Tensor | None) -> None:
     """Every given tensor has the same shape; ``mask`` (if given) is bool."""
     shapes = {}

@@ -10,7 +10,26 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-__all__ = ["Filter", "Part", "Plan", "Regulariser", "Reweight", "Surrogate", "TokenBatch"]
+__all__ = [
+    "DENOMINATORS",
+    "KEPT",
+    "VALID",
+    "Advantage",
+    "Filter",
+    "Part",
+    "Plan",
+    "Regulariser",
+    "Reweight",
+    "Surrogate",
+    "TokenBatch",
+]
+
+KEPT, VALID = "kept", "valid"
+# A filter's ``denominator``: "kept" = a dropped token leaves the loss mask (and every
+# denominator), as the Clip_B / Clip_V / 80-20 authors' code does; "valid" = only its policy-
+# gradient term is zeroed and it stays in the loss mask and the denominators (regularisers still
+# act on it), as verl's Clip-Cov and TRL's top_entropy_quantile do.
+DENOMINATORS = (KEPT, VALID)
 
 _REQUIRED = ("advantages", "logprobs", "old_logprobs", "entropy", "discriminator")
 _OPTIONAL = ("baseline", "ref_logprobs")
@@ -66,11 +85,12 @@ class TokenBatch:
 class Plan:
     """What a method decided once per training batch (batch-global), applied per micro-batch.
 
-    ``keep``: bool ``[B, T]`` = mask & every filter's keep mask. ``weight``: float ``[B, T]``,
-    the product of the reweights (1 where none). ``selected``: bool ``[B, T]`` per regulariser
+    ``keep``: bool ``[B, T]`` = mask & the keep mask of every filter with ``denominator="kept"``.
+    ``weight``: float ``[B, T]``, the product of the reweights (1 where none), 0 on the tokens
+    that a ``denominator="valid"`` filter drops. ``selected``: bool ``[B, T]`` per regulariser
     name, the tokens it touches (e.g. ``kl_cov``). ``metrics``: 0-dim tensors, batch-global.
-    ``num_tokens``: global count of kept tokens (the token-mean denominator; dropped tokens leave
-    it). ``num_seqs``: global count of sequences with at least one kept token.
+    ``num_tokens``: global count of kept tokens (the token-mean denominator; tokens dropped by
+    a ``denominator="kept"`` filter leave it). ``num_seqs``: global count of sequences with at least one kept token.
     """
 
     keep: Tensor
@@ -134,7 +154,11 @@ class Surrogate(Part, abc.ABC):
 
 
 class Filter(Part, abc.ABC):
-    """Decides a bool KEEP mask ``[B, T]`` once per batch from batch-global statistics."""
+    """Decides a bool KEEP mask ``[B, T]`` once per batch from batch-global statistics.
+
+    A filter with a ``denominator`` field set to ``"valid"`` does not remove its dropped tokens
+    from ``Plan.keep``: ``Method.plan`` zeroes their surrogate weight instead (``DENOMINATORS``).
+    """
 
     kind: ClassVar[str] = "filter"
 
@@ -176,6 +200,21 @@ class Regulariser(Part, abc.ABC):
 
     def step_end(self, metrics: dict[str, Any]) -> None:
         """Update internal state after an optimiser step (stateless parts do nothing)."""
+
+
+class Advantage(Part, abc.ABC):
+    """The outcome-advantage estimator a method's paper prescribes (e.g. W-REINFORCE's).
+
+    A method has at most one; without one, the caller's estimator (``advantages.get``) is used.
+    ``advantages(rewards [B], group_size) -> [B]``, computed before the ``TokenBatch``.
+    """
+
+    kind: ClassVar[str] = "advantage"
+
+    @abc.abstractmethod
+    def advantages(self, rewards: Tensor, group_size: int) -> Tensor:
+        """One advantage per response, ``[B]``."""
+        ...
 
 
 class Reweight(Part, abc.ABC):

@@ -11,34 +11,58 @@ from torch import Tensor
 
 from .. import diagnostics as dg
 from ..distributed import global_sum, masked_mean_std, masked_topk
-from ._checks import check_choice, check_number, check_same_shape
-from .base import Filter, TokenBatch
+from ._checks import check_choice, check_denominator, check_number, check_same_shape
+from .base import KEPT, Filter, TokenBatch
 from .registry import register
 
 __all__ = ["ClipB", "ClipV", "clip_b_mask", "clip_v_mask"]
 
 VARIANTS = ("released", "paper")
 FLAT_STD = 1e-12  # a batch std below this keeps every token (no meaningful outlier)
+CLIP_B_MU = 2.5  # the authors' released default (sweep 2.0-3.0)
+CLIP_V_MU = 8.5  # the authors' config default (sweep 7.5-8.5); their constructor's 2.0 is a defect
+CLIP_V_MAX_FRAC = 1e-4  # the released cap on the share of tokens dropped
 
 
 def _clip_b_args(mu, variant, mu_low, mu_high):
-    """Validated (mu, mu_low, mu_high); the paper variant's bounds default to mu."""
+    """Validated (mu, mu_low, mu_high) with every given argument used.
+
+    released: ``mu`` (default ``CLIP_B_MU``), no bounds. paper: ``mu_low`` / ``mu_high``, each
+    defaulting to ``mu`` (default ``CLIP_B_MU``); ``mu`` is refused when both bounds are given,
+    since it would then change nothing.
+    """
     check_choice("clip_b", "variant", variant, VARIANTS)
-    mu = check_number("clip_b", "mu", mu, low=0.0, low_open=True)
     if variant == "released":
         if mu_low is not None or mu_high is not None:
             raise ValueError(
                 "clip_b: mu_low / mu_high belong to variant='paper'; the released "
                 "variant has one threshold, mu"
             )
-        return mu, None, None
+        mu = CLIP_B_MU if mu is None else mu
+        return check_number("clip_b", "mu", mu, low=0.0, low_open=True), None, None
+    if mu is not None and mu_low is not None and mu_high is not None:
+        raise ValueError(
+            "clip_b: with variant='paper', mu only sets the bounds not given; both mu_low and "
+            "mu_high are given, so drop mu"
+        )
+    mu = CLIP_B_MU if mu is None else check_number("clip_b", "mu", mu, low=0.0, low_open=True)
     mu_low = check_number(
         "clip_b", "mu_low", mu if mu_low is None else mu_low, low=0.0, low_open=True
     )
     mu_high = check_number(
         "clip_b", "mu_high", mu if mu_high is None else mu_high, low=0.0, low_open=True
     )
-    return mu, mu_low, mu_high
+    return None, mu_low, mu_high
+
+
+def _check_finite_stats(owner: str, what: str, *stats: Tensor) -> None:
+    """Refuse non-finite batch statistics: a NaN or inf at a valid token would otherwise make
+    every comparison False and silently drop (or keep) whole classes of tokens. One host sync."""
+    if not bool(torch.isfinite(torch.stack([x.double() for x in stats])).all()):
+        raise ValueError(
+            f"{owner}: {what} holds NaN or inf at a valid token (mask True); expected finite "
+            "values there (check the logits and log-probs that token_stats was given)"
+        )
 
 
 def _clip_b(discriminator, advantages, mask, *, mu, variant, mu_low, mu_high, group):
@@ -46,6 +70,7 @@ def _clip_b(discriminator, advantages, mask, *, mu, variant, mu_low, mu_high, gr
     check_same_shape("clip_b", discriminator=discriminator, advantages=advantages, mask=mask)
     mu, mu_low, mu_high = _clip_b_args(mu, variant, mu_low, mu_high)
     mean, std, _ = masked_mean_std(discriminator, mask, group=group)
+    _check_finite_stats("clip_b", "the discriminator S", mean, std)
     deviation = discriminator.detach().to(mean.dtype) - mean  # d_t = S_t - m
     flat = std < FLAT_STD
     if variant == "released":
@@ -60,7 +85,7 @@ def clip_b_mask(
     advantages: Tensor,
     mask: Tensor,
     *,
-    mu: float = 2.5,
+    mu: float | None = None,
     variant: str = "released",
     mu_low: float | None = None,
     mu_high: float | None = None,
@@ -73,11 +98,12 @@ def clip_b_mask(
     the batch (all micro-batches and ranks: ``group``); ``d_t = S_t - m``.
 
     - ``variant="released"`` (the authors' code): keep ``A >= 0``; keep ``A < 0`` iff
-      ``d_t >= -mu s``.
+      ``d_t >= -mu s``; ``mu`` defaults to 2.5.
     - ``variant="paper"``: keep iff ``-mu_low s <= d_t <= mu_high s`` (whatever the sign of A);
-      ``mu_low`` / ``mu_high`` default to ``mu``.
+      ``mu_low`` / ``mu_high`` default to ``mu`` (itself 2.5); ``mu`` with both bounds is refused.
 
-    If ``s < 1e-12`` every valid token is kept. Padding (mask False) is never kept.
+    If ``s < 1e-12`` every valid token is kept. Padding (mask False) is never kept. NaN or inf in
+    S at a valid token raises ValueError (it would make every comparison False).
     Differs from the paper: the released variant is the default, as in the authors' runs; the
     statistics cover the whole batch on every rank (the paper's "batch"), never one micro-batch.
     Example: S = [0, 0, 0, 0, 1] with A = -1 and mu = 1 gives m = 0.2, s = 0.4, d_4 = 0.8:
@@ -97,8 +123,17 @@ def clip_b_mask(
 
 
 def _clip_v_args(mu, max_frac, variant):
+    """Validated (mu, max_frac); the paper variant has no cap, so a max_frac given to it is refused."""
     check_choice("clip_v", "variant", variant, VARIANTS)
-    mu = check_number("clip_v", "mu", mu, low=0.0, low_open=True)
+    mu = check_number("clip_v", "mu", CLIP_V_MU if mu is None else mu, low=0.0, low_open=True)
+    if variant == "paper":
+        if max_frac is not None:
+            raise ValueError(
+                f"clip_v: max_frac={max_frac!r} belongs to variant='released'; the paper "
+                "variant has no cap (drop max_frac, or use variant='released')"
+            )
+        return mu, None
+    max_frac = CLIP_V_MAX_FRAC if max_frac is None else max_frac
     max_frac = check_number("clip_v", "max_frac", max_frac, low=0.0, high=1.0, low_open=True)
     return mu, max_frac
 
@@ -111,18 +146,19 @@ def _clip_v(discriminator, baseline, advantages, mask, *, mu, max_frac, variant,
     mu, max_frac = _clip_v_args(mu, max_frac, variant)
     dtype = torch.float64 if discriminator.dtype == torch.float64 else torch.float32
     distance = baseline.detach().to(dtype) - discriminator.detach().to(dtype)  # D_t = N_t - S_t
-    _, std, n_valid = masked_mean_std(distance, mask, group=group)
+    mean, std, n_valid = masked_mean_std(distance, mask, group=group)
+    _check_finite_stats("clip_v", "D = N - S", mean, std)
     flat = std < FLAT_STD
     if variant == "paper":
         return mask & ((distance.abs() <= mu * std) | flat), std, False
-    candidates = mask & (advantages <= 0) & (distance > mu * std) & ~flat
-    n_candidates = int(global_sum(candidates.sum()))  # one host sync, same value on every rank
-    n_valid = int(n_valid)
-    capped = n_candidates > max_frac * n_valid
+    would_drop = mask & (advantages <= 0) & (distance > mu * std) & ~flat
+    negative = would_drop & (advantages < 0)  # only these are capped; A = 0 ones stay dropped
+    k = max(math.floor(max_frac * int(n_valid)), 1)
+    n_negative = int(global_sum(negative.sum()))  # one host sync, same value on every rank
+    capped = n_negative > k
     if capped:
-        k = max(math.floor(max_frac * n_valid), 1)
-        candidates = masked_topk(distance, candidates, k, group=group)
-    return mask & ~candidates, std, capped
+        negative = masked_topk(distance, negative, k, group=group)
+    return mask & ~((would_drop & ~(advantages < 0)) | negative), std, capped
 
 
 def clip_v_mask(
@@ -131,8 +167,8 @@ def clip_v_mask(
     advantages: Tensor,
     mask: Tensor,
     *,
-    mu: float = 8.5,
-    max_frac: float = 1e-4,
+    mu: float | None = None,
+    max_frac: float | None = None,
     variant: str = "released",
     group=None,
 ) -> Tensor:
@@ -142,16 +178,20 @@ def clip_v_mask(
     ``D_t = N_t - S_t`` (minus Theorem 3.3's deviation); ``s_D`` = population std of D over every
     valid token of the batch (``group``: all ranks). The batch mean of D is NOT subtracted.
 
-    - ``variant="released"`` (the authors' code): ``A > 0`` kept; any other token (``A = 0``
-      included) kept iff ``D_t <= mu s_D``. If more than ``max_frac`` of the valid tokens would
-      be dropped (``n_drop > max_frac n_valid``), drop only the
-      ``K = max(floor(max_frac n_valid), 1)`` would-be-dropped tokens with the largest ``D_t``
-      (ties: lower global position first).
-    - ``variant="paper"``: keep iff ``|D_t| <= mu s_D`` (a band around the baseline);
-      ``max_frac`` is not used by this variant (the paper states no cap).
+    - ``variant="released"`` (the authors' code; ``mu`` 8.5, ``max_frac`` 1e-4 by default):
+      ``A > 0`` kept; a token with ``A <= 0`` would drop iff ``D_t > mu s_D``. The cap applies
+      to the ``A < 0`` ones only: when more than ``K = max(floor(max_frac n_valid), 1)`` of them
+      would drop, only the K with the largest ``D_t`` drop (ties: lower global position first)
+      and the other ``A < 0`` ones are kept. Would-be-dropped ``A = 0`` tokens stay dropped
+      whatever the cap (no gradient, but they leave the token-mean denominator).
+    - ``variant="paper"``: keep iff ``|D_t| <= mu s_D`` (a band around the baseline); it has no
+      cap, and a ``max_frac`` given with it is refused.
 
-    If ``s_D < 1e-12`` every valid token is kept. Padding is never kept.
+    If ``s_D < 1e-12`` every valid token is kept. Padding is never kept. NaN or inf in S or N at
+    a valid token raises ValueError.
     Differs from the paper: the released variant is the default, as in the authors' runs.
+    Example (the 4 x 4 case of docs/anchors.md): D = 0 except D[1,0] = 4 (A < 0) and
+    D[2,0] = 5 (A = 0), mu = 1, max_frac = 0.07: K = 1, one A < 0 candidate, so both drop.
     """
     keep, _, _ = _clip_v(
         discriminator,
@@ -169,16 +209,24 @@ def clip_v_mask(
 @register
 @dataclass(frozen=True, kw_only=True)
 class ClipB(Filter):
-    """``clip_b``: drop outliers of S_* from the batch mean (``clip_b_mask``)."""
+    """``clip_b``: drop outliers of S_* from the batch mean (``clip_b_mask``).
+
+    ``mu`` is resolved at construction (released: 2.5 unless given; paper: folded into
+    ``mu_low`` / ``mu_high``), so the canonical spec shows exactly the thresholds in use.
+    """
 
     name: ClassVar[str] = "clip_b"
-    mu: float = 2.5
+    mu: float | None = None
     variant: str = "released"
     mu_low: float | None = None
     mu_high: float | None = None
+    denominator: str = KEPT
 
     def __post_init__(self) -> None:  # validate now, not at the first batch
-        _clip_b_args(self.mu, self.variant, self.mu_low, self.mu_high)
+        mu, mu_low, mu_high = _clip_b_args(self.mu, self.variant, self.mu_low, self.mu_high)
+        for key, value in (("mu", mu), ("mu_low", mu_low), ("mu_high", mu_high)):
+            object.__setattr__(self, key, value)
+        check_denominator(self.name, self.denominator)
 
     def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None):
         keep, mean, std = _clip_b(
@@ -201,16 +249,24 @@ class ClipB(Filter):
 @register
 @dataclass(frozen=True, kw_only=True)
 class ClipV(Filter):
-    """``clip_v``: drop tokens far above their own baseline N (``clip_v_mask``)."""
+    """``clip_v``: drop tokens far above their own baseline N (``clip_v_mask``).
+
+    ``mu`` and ``max_frac`` are resolved at construction (8.5 and, for the released variant,
+    1e-4 unless given); the paper variant has no ``max_frac``.
+    """
 
     name: ClassVar[str] = "clip_v"
     needs_baseline: ClassVar[bool] = True
-    mu: float = 8.5
-    max_frac: float = 1e-4
+    mu: float | None = None
+    max_frac: float | None = None
     variant: str = "released"
+    denominator: str = KEPT
 
     def __post_init__(self) -> None:
-        _clip_v_args(self.mu, self.max_frac, self.variant)
+        mu, max_frac = _clip_v_args(self.mu, self.max_frac, self.variant)
+        object.__setattr__(self, "mu", mu)
+        object.__setattr__(self, "max_frac", max_frac)
+        check_denominator(self.name, self.denominator)
 
     def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None):
         if batch.baseline is None:

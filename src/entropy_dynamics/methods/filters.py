@@ -11,8 +11,8 @@ from torch import Tensor
 
 from .. import diagnostics as dg
 from ..distributed import global_position_select, global_sum, masked_mean_std, masked_quantile
-from ._checks import check_number, check_same_shape
-from .base import Filter, TokenBatch
+from ._checks import check_denominator, check_number, check_same_shape
+from .base import KEPT, Filter, TokenBatch
 from .registry import register
 
 __all__ = [
@@ -94,7 +94,8 @@ class ClipCov(Filter):
     """``clip_cov``: drop a random few high-covariance tokens (``clip_cov_mask``).
 
     ``seed`` seeds a CPU generator owned by the part; every plan draws from it in turn, so ranks
-    that build the same spec draw the same tokens.
+    that build the same spec draw the same tokens. ``denominator='valid'`` (the preset, as
+    verl's ``clip_cov`` loss) zeroes a dropped token's policy-gradient term and keeps it counted.
     """
 
     name: ClassVar[str] = "clip_cov"
@@ -102,9 +103,11 @@ class ClipCov(Filter):
     lb: float = 1.0
     ub: float = 5.0
     seed: int = 0
+    denominator: str = KEPT
     generator: torch.Generator = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        check_denominator(self.name, self.denominator)
         check_number("clip_cov", "ratio", self.ratio, low=0.0, high=1.0, low_open=True)
         check_number("clip_cov", "lb", self.lb)
         check_number("clip_cov", "ub", self.ub, low=self.lb, low_open=True)
@@ -138,13 +141,19 @@ class ClipCov(Filter):
 @register
 @dataclass(frozen=True, kw_only=True)
 class TopEntropy(Filter):
-    """``top_entropy``: policy gradient only on the top ``rho`` entropy tokens."""
+    """``top_entropy``: policy gradient only on the top ``rho`` entropy tokens.
+
+    ``denominator='kept'`` (the 80/20 authors' code) removes the other tokens from the loss;
+    ``'valid'`` zeroes their policy-gradient term only, as TRL's ``top_entropy_quantile``.
+    """
 
     name: ClassVar[str] = "top_entropy"
     rho: float = 0.2
+    denominator: str = KEPT
 
     def __post_init__(self) -> None:
         check_number("top_entropy", "rho", self.rho, low=0.0, high=1.0, low_open=True)
+        check_denominator(self.name, self.denominator)
 
     def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None):
         keep = top_entropy_mask(batch.entropy, batch.mask, rho=self.rho, group=group)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .. import diagnostics as dg
 from ..distributed import global_sum
-from .base import Filter, Plan, Regulariser, Reweight, Surrogate, TokenBatch
+from .base import VALID, Advantage, Filter, Plan, Regulariser, Reweight, Surrogate, TokenBatch
 
 __all__ = ["Method"]
 
@@ -29,23 +29,33 @@ class Method:
         filters: Sequence[Filter] = (),
         regularisers: Sequence[Regulariser] = (),
         reweights: Sequence[Reweight] = (),
+        *,
+        advantage: Advantage | None = None,
     ):
         self.surrogate = surrogate
         self.filters = tuple(filters)
         self.regularisers = tuple(regularisers)
         self.reweights = tuple(reweights)
+        self.advantage = advantage  # the estimator the method prescribes; None = the caller's
         for part, kind in [
             (surrogate, Surrogate),
             *((f, Filter) for f in self.filters),
             *((r, Regulariser) for r in self.regularisers),
             *((w, Reweight) for w in self.reweights),
+            *(((advantage, Advantage),) if advantage is not None else ()),
         ]:
             if not isinstance(part, kind):
                 raise ValueError(f"Method: expected a {kind.__name__}, got {part!r}")
 
     @property
     def parts(self) -> tuple:
-        return (self.surrogate, *self.filters, *self.regularisers, *self.reweights)
+        extra = () if self.advantage is None else (self.advantage,)
+        return (self.surrogate, *self.filters, *self.regularisers, *self.reweights, *extra)
+
+    @property
+    def _zeroes_dropped(self) -> bool:
+        """True when a filter keeps its dropped tokens counted (``denominator="valid"``)."""
+        return any(getattr(part, "denominator", None) == VALID for part in self.filters)
 
     @property
     def needs_baseline(self) -> bool:
@@ -72,7 +82,8 @@ class Method:
     def plan(self, batch: TokenBatch, *, group=None) -> Plan:
         """Decide keep mask, weights and regulariser tokens for one training batch.
 
-        Every filter sees the same valid tokens (``batch.mask``); ``keep = mask & all keeps``.
+        Every filter sees the same valid tokens (``batch.mask``); ``keep = mask & the keeps of
+        the filters with denominator "kept"``; a "valid" filter's drops get surrogate weight 0.
         ``clipped`` (for Clip-Cov) is the surrogate's clip at ``r = exp(logp - old_logp)``.
         """
         if not isinstance(batch, TokenBatch):
@@ -82,10 +93,14 @@ class Method:
         ratio = torch.exp(batch.logprobs.detach() - batch.old_logprobs.detach())
         clipped = batch.mask & self.surrogate.clipped(ratio, batch.advantages)
         keep = batch.mask.clone()
+        zeroed = torch.zeros_like(batch.mask)  # dropped, yet counted: surrogate weight 0
         metrics: dict[str, Tensor] = {}
         for part in self.filters:
             part_keep, part_metrics = part.keep(batch, clipped=clipped, group=group)
-            keep &= part_keep
+            if getattr(part, "denominator", None) == VALID:
+                zeroed |= batch.mask & ~part_keep
+            else:
+                keep &= part_keep
             metrics.update(part_metrics)
         selected = {}
         for part in self.regularisers:
@@ -97,6 +112,8 @@ class Method:
         weight = torch.ones(batch.mask.shape, dtype=dtype, device=batch.mask.device)
         for part in self.reweights:
             weight = weight * part.weight(batch)
+        if self._zeroes_dropped:
+            weight = torch.where(zeroed, 0.0, weight)
         counts = global_sum(torch.stack([keep.sum(), keep.any(dim=-1).sum(), batch.mask.sum()]))
         num_tokens, num_seqs, num_valid = counts.unbind()
         metrics[dg.PLAN_NUM_TOKENS] = num_tokens.to(torch.float32)
@@ -136,7 +153,7 @@ class Method:
                 "micro-batch"
             )
         loss, diag = self.surrogate.loss(logprobs, old_logprobs, advantages)
-        if self.reweights:
+        if self.reweights or self._zeroes_dropped:
             loss = loss * plan.weight.to(loss.dtype)
         metrics = self._surrogate_metrics(diag, plan)
         for part in self.regularisers:

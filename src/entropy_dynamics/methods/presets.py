@@ -6,61 +6,69 @@ from .registry import register_preset
 
 __all__ = ["PRESETS"]
 
+# Each spec names only what differs from its parts' defaults (a default lives once, in the
+# part's signature); ``methods.build(name).spec`` spells every value (docs/methods.md).
 PRESETS = {
     "grpo": (
-        "ppo(eps_low=0.2, eps_high=0.2)",
-        "GRPO (Shao et al. 2024, arXiv 2402.03300) with the PPO clipped surrogate, "
-        "eps_low = eps_high = 0.2, no KL term (as in the paper's runs, PAPER.md sec. 6).",
+        "ppo(dual_clip=3.0)",
+        "GRPO (Shao et al. 2024, arXiv 2402.03300) with the surrogate of the Clip_B / Clip_V "
+        "authors' runs (Trinity-RFT's PPO loss on verl): PPO clip eps 0.2, dual clip c = 3, "
+        "log-ratio clamped to +-20, no KL term. 'ppo' alone is PPO without the dual clip.",
     ),
     "clip_higher": (
-        "ppo(eps_low=0.2, eps_high=0.28)",
-        "Clip-higher from DAPO (Yu et al. 2025, arXiv 2503.14476): eps_low 0.2, eps_high 0.28; "
-        "keeps more entropy-raising updates of unlikely tokens on positive samples.",
+        "ppo(eps_high=0.28)",
+        "Clip-higher from DAPO (Yu et al. 2025, arXiv 2503.14476): eps_high 0.28; keeps more "
+        "entropy-raising updates of unlikely tokens on positive samples (DAPO's verl recipe "
+        "adds dual_clip=10.0).",
     ),
     "clip_b": (
-        "ppo + clip_b(mu=2.5, variant='released')",
-        "Clip_B (Wang et al. 2026, arXiv 2602.03392, sec. 3) on the default PPO clip: the "
-        "released form, mu 2.5 (reported sweep 2.0-3.0); variant='paper' gives the two-sided "
-        "band with mu_low / mu_high.",
+        "ppo(dual_clip=3.0) + clip_b",
+        "Clip_B (Wang et al. 2026, arXiv 2602.03392, sec. 3), the authors' method: their "
+        "surrogate (as 'grpo') and the released mask, mu 2.5 (reported sweep 2.0-3.0); "
+        "variant='paper' gives the two-sided band with mu_low / mu_high.",
     ),
     "clip_v": (
-        "ppo + clip_v(mu=8.5, max_frac=0.0001, variant='released')",
-        "Clip_V (Wang et al. 2026, arXiv 2602.03392, sec. 3) on the default PPO clip: the "
-        "released form, mu 8.5 (the config default; the released constructor's 2.0 is a "
-        "known defect not copied), max_frac 1e-4 (reported sweep mu 7.5-8.5).",
+        "ppo(dual_clip=3.0) + clip_v",
+        "Clip_V (Wang et al. 2026, arXiv 2602.03392, sec. 3), the authors' method: their "
+        "surrogate (as 'grpo') and the released mask, mu 8.5 (the config default; the released "
+        "constructor's 2.0 is a known defect not copied), max_frac 1e-4 (sweep mu 7.5-8.5).",
     ),
     "clip_cov": (
-        "ppo(eps_low=1.0, eps_high=1.0) + clip_cov(ratio=0.0002, lb=1.0, ub=5.0)",
-        "Clip-Cov (Cui et al. 2025, arXiv 2505.22617): ratio 2e-4, lb 1, ub 5, and the "
-        "paper's recipe's PPO clip range of 1 (eps_low = eps_high = 1).",
+        "ppo(eps_low=1.0, eps_high=1.0) + clip_cov(denominator='valid')",
+        "Clip-Cov (Cui et al. 2025, arXiv 2505.22617) as its code (verl's clip_cov loss): "
+        "ratio 2e-4, lb 1, ub 5, PPO clip range 1, and a dropped token's loss zeroed but kept "
+        "in the denominator.",
     ),
     "kl_cov": (
-        "pg + kl_cov(ratio=0.002, coef=1.0)",
+        "pg + kl_cov",
         "KL-Cov (Cui et al. 2025, arXiv 2505.22617), following the paper: no ratio clipping "
         "(plain pg), 0.2 % of tokens (ratio 0.002), coef 1. Another common default is "
         "ratio 2e-4, coef 0.1: 'kl_cov(ratio=2e-4, coef=0.1)'.",
     ),
     "entropy_bonus": (
-        "ppo + entropy_bonus(coef=0.001)",
+        "ppo + entropy_bonus",
         "Entropy bonus loss -= coef * H (classic; e.g. verl's entropy_coeff), coef 0.001, "
         "on the default PPO clip. For the adaptive Skywork-OR1 form use the part "
         "'adaptive_entropy_bonus'.",
     ),
     "top_entropy": (
-        "ppo + top_entropy(rho=0.2)",
+        "ppo + top_entropy",
         "High-entropy minority tokens (Wang et al. 2025, arXiv 2506.01939, '80/20'): policy "
         "gradient on the top 20 % entropy tokens of the batch (rho 0.2), default PPO clip "
-        "(that paper trains with DAPO; add 'ppo(eps_high=0.28)' for its setting).",
+        "(that paper trains with DAPO; add 'ppo(eps_high=0.28)' for its setting). TRL's "
+        "top_entropy_quantile is 'top_entropy(denominator='valid')'.",
     ),
     "ce_gppo": (
-        "ce_gppo(eps_low=0.2, eps_high=0.2, beta1=0.75, beta2=1.0)",
+        "ce_gppo(dual_clip=10.0)",
         "CE-GPPO (Su et al. 2025, arXiv 2509.20712): clipped tokens keep a bounded gradient, "
-        "beta1 0.75 (A < 0 side), beta2 1.0 (A > 0 side), eps 0.2.",
+        "beta1 0.75 (A < 0 side), beta2 1.0 (A > 0 side), eps 0.2, and the anchor recipe's "
+        "dual clip c = 10.",
     ),
     "w_reinforce": (
-        "pg + adv_weight(pos_weight=0.1, neg_weight=1.0)",
-        "W-REINFORCE (Zhu et al. 2025, arXiv 2506.01347): plain policy gradient with "
-        "positive-advantage tokens scaled by lambda 0.1.",
+        "ppo + w_reinforce",
+        "W-REINFORCE (Zhu et al. 2025, arXiv 2506.01347) as the authors' code: advantages "
+        "+lambda (0.1) for a correct and -1 for a wrong response, no group baseline "
+        "(advantages.get('w_reinforce')), on verl's PPO clip (eps 0.2).",
     ),
 }
 

@@ -18,7 +18,7 @@ __all__ = [
     "register_preset",
 ]
 
-KINDS = ("surrogate", "filter", "regulariser", "reweight")
+KINDS = ("surrogate", "filter", "regulariser", "reweight", "advantage")
 _PARTS: dict[str, type[Part]] = {}
 _PRESETS: dict[str, Preset] = {}
 

@@ -18,7 +18,8 @@ from .registry import register
 
 __all__ = ["AdaptiveEntropyBonus", "EntropyBonus", "KlCov", "KlRef", "kl_cov_select", "kl_estimate"]
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
+KL_ESTIMATORS = ("k1", "k2", "k3", "k3_clamped")
+KL_LOG_RATIO_CLAMP, KL_ESTIMATE_CLAMP = 20.0, 10.0  # verl's k3 ("low_var_kl") clamps
 
 
 def _per_kept_token(values: Tensor, plan: Plan) -> Tensor:
@@ -47,7 +48,8 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, *, estimator: str = "k3"
 
     With ``log_ratio = log pi - log pi_ref`` (Schulman's names):
     ``k1 = log_ratio`` (unbiased, high variance), ``k2 = log_ratio^2 / 2``,
-    ``k3 = exp(-log_ratio) + log_ratio - 1`` (unbiased, non-negative; GRPO's choice).
+    ``k3 = exp(-log_ratio) + log_ratio - 1`` (unbiased, non-negative; GRPO's choice, as TRL);
+    ``k3_clamped``: verl's k3, with ``log_ratio`` clamped to +-20 and the estimate to [-10, 10].
     """
     check_same_shape("kl_ref", logprobs=logprobs, ref_logprobs=ref_logprobs)
     check_choice("kl_ref", "estimator", estimator, KL_ESTIMATORS)
@@ -56,6 +58,10 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, *, estimator: str = "k3"
         return log_ratio
     if estimator == "k2":
         return 0.5 * log_ratio.square()
+    if estimator == "k3_clamped":
+        log_ratio = log_ratio.clamp(-KL_LOG_RATIO_CLAMP, KL_LOG_RATIO_CLAMP)
+        kl = torch.exp(-log_ratio) + log_ratio - 1.0
+        return kl.clamp(-KL_ESTIMATE_CLAMP, KL_ESTIMATE_CLAMP)
     return torch.exp(-log_ratio) + log_ratio - 1.0
 
 
@@ -164,7 +170,8 @@ class KlCov(Regulariser):
 @register
 @dataclass(frozen=True, kw_only=True)
 class KlRef(Regulariser):
-    """``kl_ref``: ``coef * KL estimate`` to a reference policy (``kl_estimate``; k1/k2/k3)."""
+    """``kl_ref``: ``coef * KL estimate`` to a reference policy (``kl_estimate``: k1, k2, k3,
+    k3_clamped)."""
 
     name: ClassVar[str] = "kl_ref"
     needs_ref_logprobs: ClassVar[bool] = True

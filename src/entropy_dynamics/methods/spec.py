@@ -159,11 +159,18 @@ def build(spec: str | Mapping | Sequence) -> Method:
         seen.add(part.name)
     by_kind = {
         kind: [p for p in others if p.kind == kind]
-        for kind in ("filter", "regulariser", "reweight")
+        for kind in ("filter", "regulariser", "reweight", "advantage")
     }
+    if len(by_kind["advantage"]) > 1:
+        names = ", ".join(p.name for p in by_kind["advantage"])
+        raise ValueError(
+            f"method spec {spec!r} names {len(by_kind['advantage'])} advantage estimators "
+            f"({names}); a method has at most one"
+        )
     return Method(
         _pick_surrogate(explicit, implied, spec),
         by_kind["filter"],
         by_kind["regulariser"],
         by_kind["reweight"],
+        advantage=next(iter(by_kind["advantage"]), None),
     )
