@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -72,7 +74,13 @@ def test_quadrants_partition_and_method_touches():
     lens = entropy_lens(
         batch,
         lr=0.1,
-        methods=["clip_b(mu=0.5)", "grpo", "kl_cov(ratio=0.05)", "w_reinforce", "entropy_bonus"],
+        methods=[
+            "clip_b(mu=0.5)",
+            "grpo",
+            "kl_cov(ratio=0.05)",
+            "ppo + adv_weight(pos_weight=0.1)",  # reweights A > 0 tokens
+            "entropy_bonus",
+        ],
     )
     nonzero_adv = batch.mask & (batch.advantages != 0)
     assert sum(int(c) for c, _ in lens.quadrants.values()) == int(nonzero_adv.sum())
@@ -90,7 +98,7 @@ def test_quadrants_partition_and_method_touches():
     assert int(lens.methods["kl_cov(ratio=0.05)"]["penalised"][0]) == max(
         1, int(0.05 * int(batch.mask.sum()))
     )
-    assert int(lens.methods["w_reinforce"]["reweighted"][0]) == int(
+    assert int(lens.methods["ppo + adv_weight(pos_weight=0.1)"]["reweighted"][0]) == int(
         (batch.mask & (batch.advantages > 0)).sum()
     )
     assert lens.dense == ("entropy_bonus",)
@@ -109,3 +117,25 @@ def test_lens_needs_baseline():
     batch, _, _ = _batch_from_logits()
     with pytest.raises(ValueError, match=r"needs TokenBatch\.baseline"):
         entropy_lens(TokenBatch(**{**batch.__dict__, "baseline": None}), lr=1.0)
+
+
+def test_table_columns_line_up_and_shares_are_defined():
+    batch, _, _ = _batch_from_logits(seed=3)
+    specs = ["clip_b(mu=0.5)", "grpo", "kl_cov(ratio=0.05)"]  # a name longer than 15 chars
+    lens = entropy_lens(batch, lr=0.1, methods=specs)
+    lines = lens.format_table().splitlines()
+    quadrant_header = next(i for i, line in enumerate(lines) if line.startswith("quadrant"))
+    method_header = next(i for i, line in enumerate(lines) if line.startswith("method"))
+    for block in (lines[quadrant_header : quadrant_header + 5], lines[method_header:]):
+        assert len({len(line) for line in block}) == 1, block  # every row as wide as its header
+        ends = [m.end() for m in re.finditer(r"\S+(?: \S+)*", block[0])]  # 2+ spaces apart
+        for line in block[1:]:  # right-aligned cells end where their header ends
+            assert all(line[end - 1] != " " for end in ends[1:]), (block[0], line)
+    total = max(int(lens.num_tokens), 1)
+    moved = sum(abs(float(s)) for _, s in lens.quadrants.values())
+    for name, (count, value) in lens.quadrants.items():
+        row = next(line for line in lines if line.startswith(name + " "))
+        cells = row[len(name) :].split()
+        assert cells[1] == f"{int(count) / total:.1%}"  # % tokens
+        assert cells[3] == f"{abs(float(value)) / moved:.1%}"  # % of |dH|
+    assert "% of |dH|: the quadrant's |sum dH|" in lens.format_table()

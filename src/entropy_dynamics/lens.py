@@ -88,20 +88,28 @@ class Lens:
     dense: tuple[str, ...]
 
     def format_table(self) -> str:
-        """A printable table: the quadrant split, then what each method touches."""
-        lines = [
-            f"unified lens: predicted entropy change -lr r A (S - N), lr={self.lr:g}, "
-            f"{int(self.num_tokens)} tokens, total {float(self.total):+.4e}",
-            "",
-            f"{'quadrant':<12}{'tokens':>8}{'sum dH':>13}{'share':>8}",
-        ]
-        scale = max(float(sum(s.abs() for _, s in self.quadrants.values())), 1e-300)
+        """A printable table: the quadrant split, then what each method touches.
+
+        Quadrant columns: `tokens` (count), `% tokens` (of all valid tokens), `sum dH` (their
+        summed predicted contribution) and `% of |dH|` (the quadrant's |sum dH| over the sum of
+        the four quadrants' |sum dH|: how much of the predicted movement it carries). Method
+        cells: `n (raise/lower) sum dH`, the touched tokens, how many of them have a
+        contribution that raises / lowers entropy, and their summed contribution.
+        """
+        total_tokens = max(int(self.num_tokens), 1)
+        moved = max(float(sum(s.abs() for _, s in self.quadrants.values())), 1e-300)
+        quadrant_rows = [("quadrant", "tokens", "% tokens", "sum dH", "% of |dH|")]
         for name, (count, total) in self.quadrants.items():
-            lines.append(
-                f"{name:<12}{int(count):>8}{float(total):>+13.4e}{float(total.abs()) / scale:>8.1%}"
+            quadrant_rows.append(
+                (
+                    name,
+                    f"{int(count)}",
+                    f"{int(count) / total_tokens:.1%}",
+                    f"{float(total):+.4e}",
+                    f"{float(total.abs()) / moved:.1%}",
+                )
             )
-        header = f"{'method':<15}" + "".join(f"{k:>24}" for k in TOUCH_KINDS)
-        lines += ["", header, f"{'':<15}" + f"{'n (raise/lower) sum dH':>24}" * 4]
+        method_rows = [("method", *TOUCH_KINDS), ("", *["n (raise/lower) sum dH"] * 4)]
         for name, kinds in self.methods.items():
             cells = []
             for kind in TOUCH_KINDS:
@@ -111,9 +119,29 @@ class Lens:
                     if int(count) == 0
                     else f"{int(count)} ({int(n_raise)}/{int(n_lower)}) {float(total):+.2e}"
                 )
+            method_rows.append((name, *cells))
+        lines = [
+            f"unified lens: predicted entropy change dH = -lr r A (S - N) per token, "
+            f"lr={self.lr:g}, {int(self.num_tokens)} tokens, total {float(self.total):+.4e}",
+            "",
+            *_aligned(quadrant_rows),
+            "% of |dH|: the quadrant's |sum dH| over the four quadrants' sum of |sum dH|",
+            "",
+        ]
+        for (name, *_), line in zip(method_rows, _aligned(method_rows), strict=True):
             note = "  + dense bonus (raises H)" if name in self.dense else ""
-            lines.append(f"{name:<15}" + "".join(f"{c:>24}" for c in cells) + note)
+            lines.append(line + note)
         return "\n".join(lines)
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as text columns: the first left-aligned, the others right-aligned, 2 spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        row[0].ljust(widths[0])
+        + "".join("  " + cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True))
+        for row in rows
+    ]
 
 
 def entropy_lens(
