@@ -98,17 +98,32 @@ def token_stats(
     equal to Thm 3.3 / 3.2 that avoid `log sum exp` rounding (see `_token_stats_kernels`), and
     the sampling temperature is explicit (the paper's `p` is the sampler's `softmax(z / T)`).
     """
+    return logits_stats(logits, labels, temperature, chunk_size, mask, ignore_index, backend)
+
+
+def logits_stats(logits, labels, temperature, chunk_size, mask, ignore_index, backend, split=None):
+    """`token_stats`; with `split` (a `VocabRange`) the logits are one rank's vocabulary slice."""
     _check_tensor("logits", logits, "[B, T, V]", min_dim=2)
     vocab = logits.shape[-1]
+    if split is not None:
+        split.check(vocab, labels)
     valid, packed_labels = _check_labels(
-        labels, logits.shape[:-1], vocab, mask, ignore_index, logits.device
+        labels,
+        logits.shape[:-1],
+        vocab if split is None else split.vocab_size,
+        mask,
+        ignore_index,
+        logits.device,
     )
     inv_tau = _inverse_temperature(temperature)
     chunk_rows = _chunk_rows(chunk_size, logits.device, vocab)
     cdtype = compute_dtype_for(logits.dtype)
     kernels = resolve_backend(backend, logits.device)
+    part = None
+    if split is not None:
+        part, packed_labels = split.bind(packed_labels)
     outputs = LogitsStats.apply(
-        logits, packed_labels, valid, valid_runs(valid), inv_tau, chunk_rows, cdtype, kernels, None
+        logits, packed_labels, valid, valid_runs(valid), inv_tau, chunk_rows, cdtype, kernels, part
     )
     return TokenStats(*outputs)
 
@@ -153,6 +168,15 @@ def token_stats_from_hidden(
     Raises:
         ValueError: as `token_stats`, plus mismatched `D`, `V` or dtypes between the inputs.
     """
+    return hidden_stats(
+        hidden, weight, labels, bias, temperature, chunk_size, mask, ignore_index, backend
+    )
+
+
+def hidden_stats(
+    hidden, weight, labels, bias, temperature, chunk_size, mask, ignore_index, backend, split=None
+):
+    """`token_stats_from_hidden`; with `split` (a `VocabRange`) `weight` holds one rank's rows."""
     _check_tensor("hidden", hidden, "[B, T, D]", min_dim=2)
     _check_tensor("weight", weight, "[V, D]", min_dim=2)
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
@@ -162,14 +186,24 @@ def token_stats_from_hidden(
         )
     _check_same("weight", weight, hidden, "hidden")
     vocab = weight.shape[0]
+    if split is not None:
+        split.check(vocab, labels)
     if bias is not None:
         _check_tensor("bias", bias, "[V]", min_dim=1)
         if tuple(bias.shape) != (vocab,):
             raise ValueError(f"bias must have shape [V] = ({vocab},), got {tuple(bias.shape)}")
         _check_same("bias", bias, weight, "weight")
     valid, packed_labels = _check_labels(
-        labels, hidden.shape[:-1], vocab, mask, ignore_index, hidden.device
+        labels,
+        hidden.shape[:-1],
+        vocab if split is None else split.vocab_size,
+        mask,
+        ignore_index,
+        hidden.device,
     )
+    part = None
+    if split is not None:
+        part, packed_labels = split.bind(packed_labels)
     inv_tau = _inverse_temperature(temperature)
     inner_rows = default_chunk_rows(hidden.device, vocab)
     block_rows = (
@@ -191,7 +225,7 @@ def token_stats_from_hidden(
         min(inner_rows, block_rows),
         compute_dtype_for(weight.dtype),
         resolve_backend(backend, hidden.device),
-        None,
+        part,
     )
     shape = hidden.shape[:-1]
     return TokenStats(*(_unpack(valid, t, shape) for t in stats))
