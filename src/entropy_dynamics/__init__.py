@@ -4,6 +4,10 @@ The public names of ARCHITECTURE.md; importing the package pulls in torch and nu
 """
 
 from . import methods
+from ._token_stats_vocab_parallel import (
+    token_stats_from_hidden_vocab_parallel,
+    token_stats_vocab_parallel,
+)
 from .advantages import grpo_advantages
 from .aggregation import aggregate
 from .methods import clip_b_mask, clip_v_mask
@@ -41,5 +45,7 @@ __all__ = [
     "predict_single_logit_change",
     "token_stats",
     "token_stats_from_hidden",
+    "token_stats_from_hidden_vocab_parallel",
+    "token_stats_vocab_parallel",
     "vocab_baseline",
 ]
