@@ -229,3 +229,143 @@ def test_entropy_sync_trainer_masks_the_whole_batch_in_the_transfer_queue(monkey
     assert "entropy_dynamics/clip_b/frac_dropped" in metrics
     assert set(store) >= {"entropy_keep", "entropy_weight", "entropy_valid_mask"}
     assert "entropy_dynamics/entropy/pred_delta" in metrics  # N was in the queue
+
+
+# --------------------------------------------------------------------------- example configs
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "verl"
+
+
+@pytest.mark.parametrize("name", ["entropy_grpo", "entropy_clip_b", "entropy_clip_v"])
+def test_example_config_passes_verls_own_validation(name):
+    hydra = pytest.importorskip("hydra")
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+    from verl.workers.config import RolloutConfig
+
+    with hydra.initialize_config_dir(config_dir=str(EXAMPLES), version_base=None):
+        cfg = hydra.compose(config_name=name)
+    assert OmegaConf.missing_keys(cfg) == set()  # every mandatory (???) value is set
+    # what verl's main_ppo runs before anything starts (raised the micro-batch error before)
+    validate_config(
+        cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg)
+    )
+    assert isinstance(omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout), RolloutConfig)
+    assert cfg.actor_rollout_ref.model.external_lib == "entropy_dynamics.integrations.verl"
+    assert cfg.trainer.use_v1 and cfg.trainer.v1.trainer_mode == "entropy_sync"
+    env = cfg.ray_kwargs.ray_init.runtime_env.env_vars
+    assert env.VERL_ENGINE_VENDOR == plugin.VENDOR
+    plugin.build_method(cfg)  # the method parses and fits the actor settings
+
+
+def test_verls_engine_registry_gives_our_engine_for_the_vendor(monkeypatch):
+    from verl.workers.engine.base import EngineRegistry
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+    monkeypatch.setenv("VERL_ENGINE_DEVICE", "cuda")
+    monkeypatch.setenv("VERL_ENGINE_VENDOR", plugin.VENDOR)
+    for backend in ("fsdp", "fsdp2"):
+        assert EngineRegistry.get_engine_cls("language_model", backend) is plugin.EntropyFSDPEngine
+    assert EngineRegistry.get_engine_cls("value_model", "fsdp").__name__ != "EntropyFSDPEngine"
+    monkeypatch.setenv("VERL_ENGINE_VENDOR", "nvidia")
+    assert EngineRegistry.get_engine_cls("language_model", "fsdp") is FSDPEngineWithLMHead
+
+
+# --------------------------------------------------------------------------- the actor engine
+
+PROMPT_LENS, RESPONSE_LENS, TEMPERATURE = (4, 2, 3), (5, 3, 2), 0.7
+
+
+@pytest.fixture(scope="module")
+def tiny_actor():
+    """A config-built Llama and verl's FSDP LM engine around it (no FSDP wrap: one CPU)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from verl.utils import torch_functional as verl_F
+    from verl.workers.config import FSDPEngineConfig
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, initializer_range=0.6,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).double()
+    engine = object.__new__(plugin.EntropyFSDPEngine)  # the fields prepare_model_* read
+    engine.engine_config = FSDPEngineConfig(use_torch_compile=False)
+    engine.compute_entropy_from_logits = verl_F.entropy_from_logits
+    engine.ulysses_sequence_parallel_size, engine.use_ulysses_sp = 1, False
+    engine.pad_to_length, engine.pad_to_length_bucket, engine.module = False, None, model
+    return engine, model
+
+
+def padded_rollout(seed=0):
+    """verl's left-right padded rollout batch: left-padded prompts, right-padded responses."""
+    gen = torch.Generator().manual_seed(seed)
+    B, P, R = len(PROMPT_LENS), max(PROMPT_LENS), max(RESPONSE_LENS)
+    ids = torch.randint(1, 64, (B, P + R), generator=gen)
+    attention = torch.zeros(B, P + R, dtype=torch.long)
+    for b, (p, r) in enumerate(zip(PROMPT_LENS, RESPONSE_LENS, strict=True)):
+        attention[b, P - p : P + r] = 1
+    response_mask = (torch.arange(R) < torch.tensor(RESPONSE_LENS)[:, None]).long()
+    return {
+        "prompts": ids[:, :P], "responses": ids[:, P:], "input_ids": ids,
+        "attention_mask": attention, "response_mask": response_mask,
+        "position_ids": (attention.cumsum(-1) - 1).clamp(min=0),
+    }  # fmt: skip
+
+
+def reference_stats(model, rollout):
+    """float64 log p_k, H, N of every response token from one dense forward per sequence."""
+    P = rollout["prompts"].shape[1]
+    out = {k: torch.zeros(rollout["response_mask"].shape, dtype=torch.float64) for k in "lhn"}
+    with torch.no_grad():
+        for b, (p, r) in enumerate(zip(PROMPT_LENS, RESPONSE_LENS, strict=True)):
+            ids = rollout["input_ids"][b, P - p : P + r]
+            z = model(input_ids=ids[None], use_cache=False).logits[0].double() / TEMPERATURE
+            logp = z[p - 1 : p + r - 1].log_softmax(-1)  # position t predicts token t + 1
+            prob = logp.exp()
+            H = -(prob * logp).sum(-1)
+            out["l"][b, :r] = logp.gather(-1, ids[p:, None]).squeeze(-1)
+            out["h"][b, :r] = H
+            out["n"][b, :r] = (prob.square() * (H[:, None] + logp)).sum(-1)  # PAPER.md Thm 3.3
+    return out
+
+
+def engine_forward(engine, model, micro_batch, *, grad=False):
+    """verl's own prepare_model_inputs -> model -> prepare_model_outputs (ours wraps it)."""
+    inputs, output_args = engine.prepare_model_inputs(micro_batch)
+    with torch.set_grad_enabled(grad):
+        raw = model(**inputs, use_cache=False)
+        return engine.prepare_model_outputs(raw, output_args, micro_batch, None)
+
+
+def no_padding_batch(extra=None, **flags):
+    from tensordict import TensorDict
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import left_right_2_no_padding
+
+    data = {**padded_rollout(), **(extra or {})}
+    td = left_right_2_no_padding(TensorDict(data, batch_size=len(PROMPT_LENS)))
+    tu.assign_non_tensor(td, temperature=TEMPERATURE, **flags)
+    return td
+
+
+@pytest.mark.parametrize("remove_padding", [True, False])
+def test_engine_returns_n_beside_verls_entropy_from_the_same_logits(tiny_actor, remove_padding):
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    engine, model = tiny_actor
+    td = no_padding_batch(
+        use_remove_padding=remove_padding, calculate_entropy=True, calculate_entropy_baseline=True
+    )
+    output = engine_forward(engine, model, td)
+    ref = reference_stats(model, padded_rollout())
+    mask = td["response_mask"].bool()
+    N = no_padding_2_padding(output["entropy_baseline"], td).double()
+    H = no_padding_2_padding(output["entropy"], td).double()
+    torch.testing.assert_close(N[mask], ref["n"][mask], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(H[mask], ref["h"][mask], rtol=1e-5, atol=1e-7)
+    assert ref["n"][mask].abs().min() > 1e-3  # peaked distributions: N is not trivially 0
+    # without the flag the output is verl's, unchanged
+    td = no_padding_batch(use_remove_padding=remove_padding, calculate_entropy=True)
+    assert "entropy_baseline" not in engine_forward(engine, model, td)
