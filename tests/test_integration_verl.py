@@ -369,3 +369,122 @@ def test_engine_returns_n_beside_verls_entropy_from_the_same_logits(tiny_actor, 
     # without the flag the output is verl's, unchanged
     td = no_padding_batch(use_remove_padding=remove_padding, calculate_entropy=True)
     assert "entropy_baseline" not in engine_forward(engine, model, td)
+
+
+# --------------------------------------------------------------------------- the whole method in verl's loss
+
+
+def test_actor_loss_carries_reweights_and_regularisers_through_verls_engine(tiny_actor):
+    """w_reinforce weights + entropy bonus, in verl's micro-batch loss, vs the paper's formula."""
+    engine, model = tiny_actor
+    rollout, ref = padded_rollout(), reference_stats(model, padded_rollout())
+    mask = rollout["response_mask"].bool()
+    adv = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)[:, None].expand(mask.shape).clone()
+    old = ref["l"] - 0.05  # a stale policy: r != 1
+    method = methods.build("pg + adv_weight(pos_weight=0.1) + entropy_bonus(coef=0.01)")
+    data = {"response_mask": mask.long(), "old_log_probs": old, "advantages": adv,
+            "entropy": ref["h"]}  # fmt: skip
+    plugin.apply_entropy_masks(data, method)
+    td = no_padding_batch(
+        {k: v for k, v in data.items() if k.startswith("entropy_") or k in ("old_log_probs", "advantages")},
+        use_remove_padding=True, calculate_entropy=True,
+    )  # fmt: skip
+    td.set_non_tensor("dp_size", 1)
+    td.set_non_tensor("batch_num_tokens", int(mask.sum()))
+    td.set_non_tensor("global_batch_size", mask.shape[0])
+    output = engine_forward(engine, model, td, grad=True)
+    config = actor_config(entropy_coeff=0.0, calculate_entropy=True)
+    loss, metrics = plugin.method_loss(config, output, td, method=method)
+    r = torch.exp(ref["l"] - old)
+    weight = torch.where(adv > 0, 0.1, 1.0)
+    expected = (-weight * r * adv - 0.01 * ref["h"])[mask].mean()  # token-mean over kept tokens
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-7)
+    loss.backward()  # the gradient reaches the model through verl's log_probs and entropy
+    assert model.lm_head.weight.grad.abs().sum() > 0
+    assert "entropy_dynamics/entropy_bonus/entropy" in metrics
+
+
+def test_actor_loss_refuses_verl_settings_it_would_ignore():
+    from omegaconf import OmegaConf
+
+    actor = OmegaConf.create({"entropy_coeff": 0.01, "use_kl_loss": False})
+    with pytest.raises(ValueError, match="entropy_bonus"):
+        plugin.build_method(OmegaConf.create(
+            {"entropy_dynamics": {"method": "grpo"}, "actor_rollout_ref": {"actor": actor}}
+        ))  # fmt: skip
+    actor = OmegaConf.create({"entropy_coeff": 0, "use_kl_loss": False, "calculate_entropy": False})
+    with pytest.raises(ValueError, match="calculate_entropy"):
+        plugin.build_method(OmegaConf.create(
+            {"entropy_dynamics": {"method": "entropy_bonus"}, "actor_rollout_ref": {"actor": actor}}
+        ))  # fmt: skip
+    with pytest.raises(ValueError, match="use_kl_loss"):
+        plugin.build_method(OmegaConf.create(
+            {"entropy_dynamics": {"method": "ppo + kl_ref"}, "actor_rollout_ref": {"actor": actor}}
+        ))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the legacy trainer
+
+
+def test_legacy_trainer_keeps_n_and_h_and_plans_clip_v_before_the_update(tiny_actor):
+    """verl's RayPPOTrainer._compute_old_log_prob / _update_actor with our overrides.
+
+    The worker group stands in for Ray: it runs verl's engine path on the tiny model in-process.
+    """
+    from omegaconf import OmegaConf
+    from tensordict import TensorDict
+
+    engine, model = tiny_actor
+    sent = {}
+
+    class InProcessWorkers:  # the two RPCs the driver calls, run in this process
+        def compute_log_prob(self, td):
+            output = engine_forward(engine, model, td)
+            return TensorDict(output, batch_size=len(PROMPT_LENS)).set_non_tensor(
+                "metrics", {"mfu": 0.0}
+            )
+
+        def update_actor(self, td):
+            sent["update"] = td
+            return TensorDict({}, batch_size=[]).set_non_tensor("metrics", {"mfu": 0.0})
+
+    trainer = object.__new__(plugin.EntropyRayPPOTrainer)
+    trainer.config = OmegaConf.create({"actor_rollout_ref": {
+        "actor": {"optim": {"lr": 1e-3}, "calculate_entropy": False, "entropy_coeff": 0,
+                  "ppo_mini_batch_size": 3, "ppo_epochs": 1, "data_loader_seed": 0, "shuffle": False},
+        "rollout": {"n": 1, "temperature": TEMPERATURE, "multi_turn": {"enable": False}},
+    }})  # fmt: skip
+    trainer.method, trainer.actor_rollout_wg = (
+        methods.build("clip_v(mu=0.5, max_frac=1.0)"),
+        InProcessWorkers(),
+    )
+    batch = DataProto.from_dict(padded_rollout(), meta_info={"temperature": TEMPERATURE})
+    old, _ = trainer._compute_old_log_prob(batch)
+    ref = reference_stats(model, padded_rollout())
+    mask = batch.batch["response_mask"].bool()
+    torch.testing.assert_close(
+        old.batch["entropy_baseline"][mask].double(), ref["n"][mask], rtol=1e-5, atol=1e-7
+    )
+    old.batch.pop("entropys")  # what verl's legacy fit does right after logging it
+    batch = batch.union(old)
+    batch.batch["advantages"] = torch.tensor([1.0, -1.0, -1.0])[:, None].expand(mask.shape).clone()
+    output = trainer._update_actor(batch)
+    keep = (
+        sent["update"]["entropy_keep"].to_padded_tensor(0).bool()
+        if sent["update"]["entropy_keep"].is_nested
+        else sent["update"]["entropy_keep"].bool()
+    )
+    d = ref["n"] - (ref["l"].exp() * (ref["h"] + ref["l"]))  # D = N - S_*
+    adv = batch.batch["advantages"]
+    expected = mask & ((adv > 0) | (d <= 0.5 * d[mask].std(unbiased=False)))
+    assert torch.equal(keep[:, : mask.shape[1]], expected)
+    assert (mask & ~expected).any(), "clip_v must drop tokens here"
+    assert torch.equal(batch.batch["response_mask"].bool(), mask)  # restored after the update
+    logged = output.meta_info["metrics"]
+    for name in (
+        "clip_v/frac_dropped",
+        "entropy/n_mean",
+        "entropy/s_minus_n_mean",
+        "entropy/pred_delta",
+    ):
+        assert "entropy_dynamics/" + name in logged

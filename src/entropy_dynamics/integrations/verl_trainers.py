@@ -55,8 +55,8 @@ def _lr(config) -> float:
 class EntropyRayPPOTrainer(RayPPOTrainer):
     """verl's legacy trainer (`trainer.use_v1=false`) with the entropy_dynamics plan.
 
-    verl's legacy TaskRunner constructs `RayPPOTrainer` by name (no registry); construct this
-    class in its place (`examples/verl/main_legacy.py` does).
+    verl's legacy TaskRunner constructs `RayPPOTrainer` by name (no registry to select a
+    trainer), so a legacy run constructs this class in its place; docs/verl.md says how.
     """
 
     def __init__(self, *args, **kwargs):
