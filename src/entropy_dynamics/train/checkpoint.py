@@ -13,6 +13,7 @@ checkpoints with a warning and returns the newest intact one. Folders that are n
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -98,15 +99,39 @@ def save_checkpoint(
     generator: torch.Generator | None = None,
     keep_last: int = 3,
 ) -> Path:
-    """Write checkpoints/step-{step}; keep the newest `keep_last` (0 = keep all). Returns its path."""
-    from safetensors.torch import save_model
+    """Write checkpoints/step-{step}; keep the newest `keep_last` (0 = keep all). Returns its path.
 
+    Raises OSError (naming the folder) when the disk fails; no partial folder is left.
+    """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(run_dir)
     final = root / f"step-{step}"
     tmp = root / f"{_TMP_PREFIX}{step}-{os.getpid()}"
     tmp.mkdir()
+    try:
+        _write_files(tmp, model, optimizer, scheduler, state={"step": step, **(state or {})},
+                     generator=generator)  # fmt: skip
+    except Exception as err:  # a full or failing disk: no partial folder is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        code = getattr(err, "errno", None) or (
+            errno.ENOSPC if "No space left" in str(err) else errno.EIO
+        )
+        raise OSError(
+            code, f"cannot write checkpoint step-{step}: {_short(err)}", str(final)
+        ) from None
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    if keep_last > 0:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_files(tmp: Path, model, optimizer, scheduler, *, state: dict, generator) -> None:
+    from safetensors.torch import save_model
+
     save_model(model, str(tmp / "model.safetensors"))  # handles tied weights
     torch.save(
         {
@@ -116,15 +141,8 @@ def save_checkpoint(
         tmp / "optimizer.pt",
     )
     _write_json(tmp / "rng.json", rng_state(generator))
-    _write_json(tmp / "state.json", {"step": step, **(state or {})})
+    _write_json(tmp / "state.json", state)
     _write_json(tmp / DIGEST, {name: _sha256(tmp / name) for name in FILES})  # last
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    if keep_last > 0:
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def _fsync_dir(path: Path) -> None:
