@@ -15,7 +15,19 @@ from entropy_dynamics import (
 )
 
 VOCAB, DIM, SPLIT = 1001, 12, 437  # rank 0 holds [0, 437), rank 1 [437, 1001): uneven
-BACKENDS = ["torch"] + (["triton"] if importlib.util.find_spec("triton") else [])
+
+
+def _interpreter_works() -> bool:
+    """The ranks run the Triton kernels on CPU, in the interpreter: triton >= 3.7 (see
+    test_token_stats_triton.py)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    from importlib.metadata import version
+
+    return tuple(map(int, version("triton").split(".")[:2])) >= (3, 7)
+
+
+BACKENDS = ["torch"] + (["triton"] if _interpreter_works() else [])
 
 
 def _data():
