@@ -227,7 +227,7 @@ def test_options_that_cannot_be_honoured_are_refused(tmp_path):
     with pytest.raises(ValueError, match="beta"):
         EntropyGRPOConfig(entropy_method="pg + clip_b", beta=0.1, **common)
     with pytest.raises(ValueError, match="loss_type"):
-        EntropyGRPOConfig(entropy_method="ce_gppo + clip_b", loss_type="sapo", **common)
+        EntropyGRPOConfig(entropy_method="pg + clip_b", loss_type="sapo", **common)
     # TRL's own surrogate (plain ppo) keeps every TRL option: KL, loss types, entropy mask
     EntropyGRPOConfig(entropy_method="clip_b", beta=0.1, loss_type="sapo", **common)
 
@@ -309,3 +309,30 @@ def test_tiny_model_with_a_reference_model_beta_above_zero(tmp_path, monkeypatch
         assert torch.equal(p, initial[name]), name
     trainer.train()
     assert any("kl" in row for row in trainer.state.log_history)
+
+
+def test_dual_clip_becomes_trl_delta_with_the_same_loss_off_policy(tmp_path):
+    trainer = make_trainer(
+        tmp_path, "ppo(dual_clip=3.0) + clip_b(mu=0.5)", steps=1, loss_type="bnpo"
+    )
+    assert trainer.trl_surrogate and trainer.args.delta == 3.0
+    trainer.train()
+    inputs = dict(_loss_inputs(trainer))
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    att = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+    T = inputs["completion_ids"].size(1)
+    with torch.no_grad():
+        logp, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, att, T)
+    g = torch.Generator().manual_seed(0)
+    old = logp - 2.0 * torch.randn(logp.shape, generator=g)  # ratios from e^-6 to e^6
+    inputs["old_per_token_logps"] = old
+    keep, A = inputs[KEEP_KEY], inputs["advantages"].unsqueeze(1).expand_as(logp)
+    assert (keep & (A < 0) & (logp - old > 1.2)).any(), "some A < 0 tokens must pass r > 3"
+    with torch.no_grad():
+        trl_loss = trainer._compute_loss(trainer.model, inputs)  # TRL's loss, delta = 3
+        ours, _ = trainer.method.surrogate.loss(logp, old, A)  # the method's dual-clip PPO
+    expected = (ours * keep).sum() / keep.sum()  # bnpo: token mean over the loss mask
+    torch.testing.assert_close(trl_loss.double(), expected.double(), atol=1e-6, rtol=1e-6)
+    common = dict(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False)
+    with pytest.raises(ValueError, match="delta"):
+        EntropyGRPOConfig(entropy_method="ppo(dual_clip=3.0)", delta=2.0, **common)

@@ -26,6 +26,7 @@ Only this module imports trl.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +70,8 @@ class EntropyGRPOConfig(GRPOConfig):
 
     entropy_method: a method spec from `entropy_dynamics.methods` (a preset such as `"grpo"`,
         `"clip_b"`, `"clip_v"`, or parts joined by `+`, e.g. `"ppo(eps_high=0.28) + clip_v(mu=8.5)"`).
-        A plain `ppo` surrogate defers to TRL's own `loss_type` and `epsilon`.
+        A `ppo` surrogate at its default clip range defers to TRL's own `loss_type` and
+        `epsilon`; its dual clip `c`, if any, becomes TRL's `delta = c` (the same loss).
     entropy_chunk_rows: rows per forward pass of the statistics pass (None: the per-device
         train batch size); bounds the memory of that extra no-grad pass.
     entropy_probe_steps: every this many optimiser steps, the entropy at the last micro-batch's
@@ -114,6 +116,26 @@ class EntropyGRPOConfig(GRPOConfig):
             )
         if not _uses_trl_surrogate(method):
             _check_method_loss_options(self)
+        else:
+            self._take_dual_clip(method.surrogate.dual_clip)
+
+    def _take_dual_clip(self, dual_clip: float | None) -> None:
+        """PPO's dual clip c is TRL's `delta` (the ratio capped at c): the same loss for A < 0,
+        and none for A > 0 while c > 1 + epsilon_high (the upper clip acts first there)."""
+        if dual_clip is None:
+            return
+        if self.delta is not None and self.delta != dual_clip:
+            raise ValueError(
+                f"entropy_method={self.entropy_method!r} has dual_clip={dual_clip}, which TRL "
+                f"applies as delta, but delta={self.delta} was set; unset delta or make them equal"
+            )
+        eps_high = self.epsilon if self.epsilon_high is None else self.epsilon_high
+        if dual_clip <= 1 + eps_high:
+            raise ValueError(
+                f"entropy_method={self.entropy_method!r}: dual_clip={dual_clip} must exceed "
+                f"1 + epsilon_high = {1 + eps_high} for TRL's delta to be PPO's dual clip"
+            )
+        self.delta = dual_clip
 
 
 def _check_method_loss_options(args: EntropyGRPOConfig) -> None:
@@ -143,10 +165,12 @@ def _check_method_loss_options(args: EntropyGRPOConfig) -> None:
 
 
 def _uses_trl_surrogate(method) -> bool:
-    """True when the method is TRL's own loss plus filters: the plain default `ppo` term."""
+    """True when the method is TRL's own loss plus filters: the `ppo` term at its default clip
+    range, with or without a dual clip (which TRL applies as `delta`)."""
     surrogate = method.surrogate
-    default = type(surrogate)() if surrogate.name == "ppo" else None
-    return surrogate == default and not method.regularisers and not method.reweights
+    if surrogate.name != "ppo" or method.regularisers or method.reweights:
+        return False
+    return dataclasses.replace(surrogate, dual_clip=None) == type(surrogate)()
 
 
 class EntropyGRPOTrainer(GRPOTrainer):
