@@ -336,3 +336,40 @@ def test_dual_clip_becomes_trl_delta_with_the_same_loss_off_policy(tmp_path):
     common = dict(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False)
     with pytest.raises(ValueError, match="delta"):
         EntropyGRPOConfig(entropy_method="ppo(dual_clip=3.0)", delta=2.0, **common)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "ppo(eps_low=0.05, eps_high=0.05) + clip_b(mu=0.5) + entropy_bonus(coef=0.01)",
+        "pg + adaptive_entropy_bonus(coef=0.01, target=50.0, step=0.01)",
+    ],
+)
+def test_every_logged_metric_is_the_same_for_1_2_and_4_micro_batches(tmp_path, method):
+    """One generation batch of 8, as 1 x 8, 2 x 4 and 4 x 2 micro-batches (gradient
+    accumulation = steps_per_generation): every metric of ours is logged with the same value."""
+    logged = {}
+    for micro, accumulate in ((8, 1), (4, 2), (2, 4)):
+        trainer = make_trainer(
+            tmp_path / f"micro{micro}",
+            method,
+            steps=1,
+            per_device_train_batch_size=micro,
+            gradient_accumulation_steps=accumulate,
+            steps_per_generation=accumulate,
+        )
+        trainer.train()
+        row = trainer.state.log_history[0]
+        logged[micro] = {
+            k: v
+            for k, v in row.items()
+            if k.split("/")[0] in ("loss", "entropy", "plan", "clip_b", "entropy_bonus")
+        }
+    whole = logged[8]
+    assert {"loss/ratio_mean", "entropy_bonus/entropy", "entropy_bonus/coef"} <= set(whole)
+    assert whole["loss/ratio_mean"] == pytest.approx(1.0, abs=1e-5)  # on-policy
+    assert whole["entropy_bonus/entropy"] == pytest.approx(whole["entropy/mean"], rel=1e-5)
+    for micro in (4, 2):
+        assert set(logged[micro]) == set(whole)
+        for key, value in whole.items():
+            assert logged[micro][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (micro, key)

@@ -120,7 +120,9 @@ def test_kl_cov_select_and_penalty():
     # pg: -r A with r = e^-0.3; token 0 adds 2 |logp - old| = 0.6.
     r = math.exp(-0.3)
     assert torch.allclose(loss, torch.tensor([[-r + 0.6, -r, r, r]]), atol=1e-6)
-    assert metrics[dg.KL_COV_PENALTY].item() == pytest.approx(0.6 / 4)
+    assert metrics[dg.KL_COV_PENALTY].item() == pytest.approx(0.6)  # a raw sum
+    logged = method.finalize_metrics(metrics, plan)
+    assert logged[dg.KL_COV_PENALTY].item() == pytest.approx(0.6 / 4)  # mean over 4 kept
     assert plan.metrics[dg.KL_COV_FRAC_SELECTED].item() == pytest.approx(0.25)
 
 
@@ -151,26 +153,35 @@ def test_entropy_bonus_and_adaptive():
         logprobs=zeros, old_logprobs=zeros, advantages=zeros, plan=plan, entropy=H
     )
     assert torch.allclose(loss, torch.tensor([[-0.05, -0.15]]))  # 0 - 0.1 H
-    assert metrics[dg.ENTROPY_BONUS_ENTROPY].item() == pytest.approx(1.0)
+    assert metrics[dg.ENTROPY_BONUS_ENTROPY].item() == pytest.approx(2.0)  # raw sum of H
+    logged = method.finalize_metrics(metrics, plan)
+    assert logged[dg.ENTROPY_BONUS_ENTROPY].item() == pytest.approx(1.0)  # mean H
+    assert logged[dg.ENTROPY_BONUS_COEF].item() == pytest.approx(0.1)  # a plan constant
     with pytest.raises(ValueError, match="needs entropy"):
         method.token_loss(logprobs=zeros, old_logprobs=zeros, advantages=zeros, plan=plan)
 
     adaptive = build("adaptive_entropy_bonus(coef=0.01, target=0.2, step=0.004, max_coef=0.015)")
     part = adaptive.regularisers[0]
+    coef = lambda: adaptive.state[part.name]["coef"].item()  # noqa: E731
+    assert coef() == pytest.approx(0.01)
     adaptive.step_end({dg.ENTROPY_BONUS_ENTROPY: torch.tensor(0.1)})  # below target: up
-    assert part.current_coef() == pytest.approx(0.014)
+    assert coef() == pytest.approx(0.014)
     adaptive.step_end({dg.ENTROPY_BONUS_ENTROPY: 0.1})  # 0.018 clamped to max 0.015
-    assert part.current_coef() == pytest.approx(0.015)
+    assert coef() == pytest.approx(0.015)
     adaptive.step_end({dg.ENTROPY_BONUS_ENTROPY: 0.3})  # above target: down
-    assert part.current_coef() == pytest.approx(0.011)
+    assert coef() == pytest.approx(0.011)
+    # the part itself holds nothing: the coefficient reaches the loss through the plan
+    assert part.init_state()["coef"].item() == pytest.approx(0.01)
+    adaptive_plan = adaptive.plan(_batch(mask, zeros, zeros, entropy=H.detach()))
+    assert adaptive_plan.metrics[dg.ENTROPY_BONUS_COEF].item() == pytest.approx(0.011)
     loss, _ = adaptive.token_loss(
-        logprobs=zeros, old_logprobs=zeros, advantages=zeros, plan=plan, entropy=H
+        logprobs=zeros, old_logprobs=zeros, advantages=zeros, plan=adaptive_plan, entropy=H
     )
     assert torch.allclose(loss, -0.011 * H)
     assert adaptive.spec.endswith(
         "adaptive_entropy_bonus(coef=0.01, target=0.2, step=0.004, min_coef=0.0, max_coef=0.015)"
     )
-    with pytest.raises(ValueError, match="step_end needs"):
+    with pytest.raises(ValueError, match="metrics lack"):
         adaptive.step_end({})
 
 

@@ -36,6 +36,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from entropy_dynamics import diagnostics, methods, models
 from entropy_dynamics.aggregation import aggregate
+from entropy_dynamics.distributed import global_sum
 from entropy_dynamics.methods import Plan, TokenBatch
 from entropy_dynamics.token_stats import token_stats_from_hidden
 
@@ -45,6 +46,7 @@ __all__ = ["EntropyDynamicsCallback", "EntropyGRPOConfig", "EntropyGRPOTrainer"]
 KEEP_KEY = "entropy_keep"  # bool [B, T]
 WEIGHT_KEY = "entropy_weight"  # float [B, T]
 SELECTED_PREFIX = "entropy_selected/"  # bool [B, T] per regulariser that picks its tokens
+PLAN_METRIC_PREFIX = "entropy_plan/"  # 0-dim per plan metric: batch constants the loss reads
 NUM_TOKENS_KEY = "entropy_num_tokens"  # 0-dim: global kept-token count (kept whole by TRL)
 NUM_SEQS_KEY = "entropy_num_seqs"  # 0-dim: global count of sequences with a kept token
 
@@ -191,7 +193,9 @@ class EntropyGRPOTrainer(GRPOTrainer):
         self.trl_surrogate = _uses_trl_surrogate(self.method)
         self.last_token_batch: TokenBatch | None = None
         self.last_plan: Plan | None = None
-        self._window_metrics: dict[str, torch.Tensor] = {}
+        # token_loss sums of the current generation batch (one plan), and its micro-batches seen
+        self._plan_sums: dict[str, torch.Tensor] = {}
+        self._plan_passes_seen = 0
         self._probe, self._probe_due = None, False
         if self.args.entropy_probe_steps:
             self.add_callback(_ProbeCallback(self))
@@ -231,6 +235,8 @@ class EntropyGRPOTrainer(GRPOTrainer):
         output[NUM_SEQS_KEY] = plan.num_seqs
         for name, selected in plan.selected.items():
             output[SELECTED_PREFIX + name] = selected
+        for name, value in plan.metrics.items():  # 0-dim: TRL keeps them whole when splitting
+            output[PLAN_METRIC_PREFIX + name] = value
         if self.trl_surrogate and self.loss_type in ("dapo", "cispo", "vespo"):
             # these loss types divide by the global loss-token count: dropped tokens leave it
             output["num_items_in_batch"] = plan.num_tokens.to(output["num_items_in_batch"])
@@ -306,23 +312,39 @@ class EntropyGRPOTrainer(GRPOTrainer):
                 * self.args.steps_per_generation
                 / self.current_gradient_accumulation_steps
             )
-        for name, value in metrics.items():
-            value = value.detach()
-            self._metrics[mode][name].append(float(value))
-            if mode == "train":  # micro-batch-additive: summed over the optimiser step's window
-                self._window_metrics[name] = self._window_metrics.get(name, 0.0) + value
+        if mode == "train":
+            self._add_plan_sums(metrics, plan)
+        else:  # an eval batch is planned and scored in one piece
+            self._log_plan_metrics(mode, metrics, plan, passes=1)
         return loss
+
+    def _add_plan_sums(self, metrics: dict[str, torch.Tensor], plan: Plan) -> None:
+        """Add one micro-batch's raw sums; after the generation batch's last micro-batch (every
+        chunk of it, every iteration) log its values once and update the method's state."""
+        for name, value in metrics.items():
+            self._plan_sums[name] = self._plan_sums.get(name, 0.0) + value.detach()
+        self._plan_passes_seen += 1
+        if self._plan_passes_seen == self.args.steps_per_generation * self.num_iterations:
+            passes = self.num_iterations
+            logged = self._log_plan_metrics("train", self._plan_sums, plan, passes=passes)
+            self.method.step_end(logged)  # stateful parts (adaptive bonus) only
+            self._plan_sums, self._plan_passes_seen = {}, 0
+
+    def _log_plan_metrics(self, mode: str, sums: dict, plan: Plan, *, passes: int) -> dict:
+        """Sums over this rank's micro-batches -> all ranks -> the logged values, appended once
+        (TRL averages what was appended over its logging window)."""
+        sums = {name: global_sum(torch.as_tensor(value).float()) for name, value in sums.items()}
+        logged = self.method.finalize_metrics(sums, plan, passes=passes)
+        for name in sums:
+            self._metrics[mode][name].append(float(logged[name]))
+        return logged
 
     def training_step(self, model, inputs, num_items_in_batch):
         window_ends = (self._step + 1) % self.current_gradient_accumulation_steps == 0
         every = self.args.entropy_probe_steps
         # the probed micro-batch is the last of the window; its prepared inputs reach the loss
         self._probe_due = bool(window_ends and every and (self.state.global_step + 1) % every == 0)
-        output = super().training_step(model, inputs, num_items_in_batch)
-        if self._step % self.current_gradient_accumulation_steps == 0:
-            self.method.step_end(self._window_metrics)  # stateful parts (adaptive bonus) only
-            self._window_metrics = {}
-        return output
+        return super().training_step(model, inputs, num_items_in_batch)
 
     # ------------------------------------------------------------------ the entropy probe
     def _completion_logits(self, inputs) -> torch.Tensor:
@@ -574,10 +596,16 @@ def _micro_plan(inputs) -> Plan:
         for key, value in inputs.items()
         if key.startswith(SELECTED_PREFIX)
     }
+    plan_metrics = {
+        key[len(PLAN_METRIC_PREFIX) :]: value
+        for key, value in inputs.items()
+        if key.startswith(PLAN_METRIC_PREFIX)
+    }
     return Plan(
         keep=inputs[KEEP_KEY],
         weight=inputs[WEIGHT_KEY],
         selected=selected,
+        metrics=plan_metrics,
         num_tokens=inputs[NUM_TOKENS_KEY],
         num_seqs=inputs[NUM_SEQS_KEY],
     )

@@ -19,15 +19,23 @@ from verl.trainer.ppo.core_algos import agg_loss
 from verl.utils.metric import AggregationType, Metric
 from verl.workers.utils.padding import no_padding_2_padding
 
-from entropy_dynamics import diagnostics as dg
 from entropy_dynamics import methods
 from entropy_dynamics.methods import Plan
 
-__all__ = ["KEEP_KEY", "SELECTED_PREFIX", "WEIGHT_KEY", "check_actor_config", "method_loss"]
+__all__ = [
+    "CONSTANT_PREFIX",
+    "KEEP_KEY",
+    "SELECTED_PREFIX",
+    "WEIGHT_KEY",
+    "check_actor_config",
+    "constant_key",
+    "method_loss",
+]
 
 KEEP_KEY = "entropy_keep"  # [B, T] 0/1: the tokens the method keeps
 WEIGHT_KEY = "entropy_weight"  # [B, T] float: the product of the method's reweights
 SELECTED_PREFIX = "entropy_selected_"  # + regulariser name: [B, T] 0/1 tokens it touches
+CONSTANT_PREFIX = "entropy_constant_"  # + plan metric name: [B, T], one batch constant per field
 
 
 def check_actor_config(method: methods.Method, actor) -> None:
@@ -77,6 +85,7 @@ def method_loss(config, model_output, data: TensorDict, dp_group=None, *, method
         loss_scale_factor=config.loss_scale_factor,
     )
     selected_keys = [SELECTED_PREFIX + part.name for part in method.regularisers]
+    selected_keys += [constant_key(name) for name in method.loss_constants]
     fields = ["response_mask", "old_log_probs", "advantages", KEEP_KEY, WEIGHT_KEY]
     fields += [key for key in [*selected_keys, "ref_log_prob", "rollout_is_weights"] if key in data]
     missing = [key for key in fields[:5] if key not in data]
@@ -94,6 +103,11 @@ def method_loss(config, model_output, data: TensorDict, dp_group=None, *, method
             part.name: padded[SELECTED_PREFIX + part.name].bool()
             for part in method.regularisers
             if SELECTED_PREFIX + part.name in padded.keys()  # noqa: SIM118
+        },
+        metrics={  # batch constants the regularisers read (the same value at every token)
+            name: padded[constant_key(name)][response_mask][:1].sum()
+            for name in method.loss_constants
+            if constant_key(name) in padded.keys()  # noqa: SIM118
         },
         num_tokens=torch.as_tensor(data["batch_num_tokens"], device=log_prob.device),
         num_seqs=torch.as_tensor(response_mask.shape[0], device=log_prob.device),
@@ -119,9 +133,17 @@ def method_loss(config, model_output, data: TensorDict, dp_group=None, *, method
         loss_agg_mode=config.loss_agg_mode,
         **config.global_batch_info,
     )
-    # verl's convention: normalised by global counts, so micro-batch metrics are summed
+    # verl's convention: normalised by global counts, so micro-batch metrics are summed; the
+    # plan's constants are logged by the driver's mask step
     metrics = {"actor/pg_loss": Metric(value=loss.detach(), aggregation=AggregationType.SUM)}
-    for name, value in part_metrics.items():  # sums over kept tokens / global count: additive
-        how = AggregationType.MEAN if name == dg.ENTROPY_BONUS_COEF else AggregationType.SUM
-        metrics[f"entropy_dynamics/{name}"] = Metric(value=value.detach().float(), aggregation=how)
+    shares = method.finalize_metrics(part_metrics, plan)  # this micro-batch's share of the mean
+    for name in part_metrics:
+        metrics[f"entropy_dynamics/{name}"] = Metric(
+            value=shares[name].detach(), aggregation=AggregationType.SUM
+        )
     return loss, metrics
+
+
+def constant_key(name: str) -> str:
+    """The batch field that carries plan metric ``name`` to the workers' loss."""
+    return CONSTANT_PREFIX + name.replace("/", "_")

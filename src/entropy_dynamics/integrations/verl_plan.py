@@ -21,7 +21,7 @@ from entropy_dynamics.methods import TokenBatch
 from entropy_dynamics.token_stats import discriminator_from_logprobs
 
 from .verl_engine import BASELINE_KEY
-from .verl_loss import KEEP_KEY, SELECTED_PREFIX, WEIGHT_KEY
+from .verl_loss import CONSTANT_PREFIX, KEEP_KEY, SELECTED_PREFIX, WEIGHT_KEY, constant_key
 
 __all__ = ["METRIC_PREFIX", "VALID_MASK_KEY", "apply_entropy_masks", "plan_fields"]
 
@@ -32,8 +32,12 @@ METRIC_PREFIX = "entropy_dynamics/"  # verl tracker names: entropy_dynamics/<our
 
 def plan_fields(batch) -> list[str]:
     """The per-token fields `apply_entropy_masks` wrote into ``batch``."""
-    selected = [key for key in batch.keys() if key.startswith(SELECTED_PREFIX)]  # noqa: SIM118
-    return [VALID_MASK_KEY, KEEP_KEY, WEIGHT_KEY, *selected]
+    extra = [
+        key
+        for key in batch.keys()  # noqa: SIM118
+        if key.startswith((SELECTED_PREFIX, CONSTANT_PREFIX))
+    ]
+    return [VALID_MASK_KEY, KEEP_KEY, WEIGHT_KEY, *extra]
 
 
 def _field(batch, names: tuple[str, ...], what: str, required: bool = True) -> Tensor | None:
@@ -87,6 +91,8 @@ def apply_entropy_masks(
     batch[WEIGHT_KEY] = plan.weight.float()
     for name, selected in plan.selected.items():  # regularisers that choose their tokens
         batch[SELECTED_PREFIX + name] = selected.to(dtype)
+    for name in method.loss_constants:  # batch constants the loss reads, at every token
+        batch[constant_key(name)] = torch.full_like(plan.weight, float(plan.metrics[name]))
     batch["response_mask"] = batch["response_mask"] * plan.keep.to(dtype)
     metrics = dict(plan.metrics)
     metrics.update(

@@ -123,6 +123,16 @@ class Part:
     kind: ClassVar[str] = ""
     needs_baseline: ClassVar[bool] = False
 
+    def init_state(self) -> dict[str, Tensor]:
+        """This part's state before the first step, as named tensors; ``{}`` when stateless.
+
+        State is explicit, as in optax: a stateful part never mutates itself; the method passes
+        its state in (``state=``) and takes the new state back (``Filter.keep`` returns it as
+        a third value, ``Regulariser.next_state`` after the step). Tensors only, so a checkpoint
+        loads with ``torch.load(weights_only=True)``.
+        """
+        return {}
+
     def params(self) -> dict[str, Any]:
         """Hyperparameters as a dict (declaration order); the part's spec arguments."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
@@ -169,6 +179,8 @@ class Filter(Part, abc.ABC):
         """KEEP mask (a subset of ``batch.mask``) and batch-global metrics.
 
         ``clipped``: bool ``[B, T]``, the tokens the method's surrogate clips at plan time.
+        A stateful filter (``init_state()`` not empty) also receives ``state=`` and returns
+        ``(keep, metrics, new_state)``.
         """
         ...
 
@@ -179,9 +191,16 @@ class Regulariser(Part, abc.ABC):
     kind: ClassVar[str] = "regulariser"
     needs_entropy: ClassVar[bool] = False
     needs_ref_logprobs: ClassVar[bool] = False
+    # names of the plan metrics token_loss reads (batch constants an adapter must carry)
+    constants: ClassVar[tuple[str, ...]] = ()
 
     def select(self, batch: TokenBatch, *, group=None) -> tuple[Tensor | None, dict[str, Tensor]]:
-        """Bool ``[B, T]`` of the tokens this regulariser touches (None = every valid token)."""
+        """Bool ``[B, T]`` of the tokens this regulariser touches (None = every valid token).
+
+        The metrics returned become ``plan.metrics``: batch constants the term reads in
+        ``token_loss`` (a coefficient) live there, logged once per batch. A stateful
+        regulariser also receives ``state=``.
+        """
         return None, {}
 
     @abc.abstractmethod
@@ -195,11 +214,17 @@ class Regulariser(Part, abc.ABC):
         selected: Tensor | None,
         plan: Plan,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Per-token term ``[B, T]`` added to the loss, and micro-batch-additive metrics."""
+        """Per-token term ``[B, T]`` added to the loss, and its metrics as raw sums over the
+        micro-batch's kept tokens (``finalize_metrics`` turns the summed values into means)."""
         ...
 
-    def step_end(self, metrics: dict[str, Any]) -> None:
-        """Update internal state after an optimiser step (stateless parts do nothing)."""
+    def next_state(self, state: dict[str, Tensor], metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The state after an optimiser step, from the step's logged ``metrics``.
+
+        Only stateful parts (``init_state()`` not empty) are called; they receive their state
+        and return the new one.
+        """
+        raise NotImplementedError(f"{self.name} is stateless; next_state is never called")
 
 
 class Advantage(Part, abc.ABC):

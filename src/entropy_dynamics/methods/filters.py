@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -93,9 +92,11 @@ def top_entropy_mask(entropy: Tensor, mask: Tensor, *, rho: float = 0.2, group=N
 class ClipCov(Filter):
     """``clip_cov``: drop a random few high-covariance tokens (``clip_cov_mask``).
 
-    ``seed`` seeds a CPU generator owned by the part; every plan draws from it in turn, so ranks
-    that build the same spec draw the same tokens. ``denominator='valid'`` (the preset, as
-    verl's ``clip_cov`` loss) zeroes a dropped token's policy-gradient term and keeps it counted.
+    State: ``{"generator": uint8 tensor}``, a CPU generator's state, seeded by ``seed``; each
+    plan draws from it and returns the advanced state, so ranks that build the same spec draw
+    the same tokens and a resumed run draws what the uninterrupted run would have.
+    ``denominator='valid'`` (the preset, as verl's ``clip_cov`` loss) zeroes a dropped token's
+    policy-gradient term and keeps it counted.
     """
 
     name: ClassVar[str] = "clip_cov"
@@ -104,7 +105,6 @@ class ClipCov(Filter):
     ub: float = 5.0
     seed: int = 0
     denominator: str = KEPT
-    generator: torch.Generator = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_denominator(self.name, self.denominator)
@@ -113,15 +113,15 @@ class ClipCov(Filter):
         check_number("clip_cov", "ub", self.ub, low=self.lb, low_open=True)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"clip_cov: seed must be an int, got {self.seed!r}")
-        object.__setattr__(self, "generator", torch.Generator().manual_seed(self.seed))
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+    def init_state(self) -> dict[str, Tensor]:
+        return {"generator": torch.Generator().manual_seed(self.seed).get_state()}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
-    def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None):
+    def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None, state=None):
+        if state is None:
+            raise ValueError("clip_cov is stateful: pass state= (Method.plan does)")
+        generator = torch.Generator()
+        generator.set_state(state["generator"])
         keep = clip_cov_mask(
             batch.advantages,
             batch.logprobs,
@@ -130,12 +130,13 @@ class ClipCov(Filter):
             ratio=self.ratio,
             lb=self.lb,
             ub=self.ub,
-            generator=self.generator,
+            generator=generator,
             group=group,
         )
-        return keep, dg.drop_fractions(
+        metrics = dg.drop_fractions(
             keep, batch.mask, batch.advantages, prefix="clip_cov", group=group
         )
+        return keep, metrics, {"generator": generator.get_state()}
 
 
 @register

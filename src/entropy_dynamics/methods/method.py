@@ -37,6 +37,7 @@ class Method:
         self.regularisers = tuple(regularisers)
         self.reweights = tuple(reweights)
         self.advantage = advantage  # the estimator the method prescribes; None = the caller's
+        self._state: dict[str, dict[str, Tensor]] = {}
         for part, kind in [
             (surrogate, Surrogate),
             *((f, Filter) for f in self.filters),
@@ -46,6 +47,10 @@ class Method:
         ]:
             if not isinstance(part, kind):
                 raise ValueError(f"Method: expected a {kind.__name__}, got {part!r}")
+        for part in self.parts:
+            initial = part.init_state()
+            if initial:
+                self._state[part.name] = initial
 
     @property
     def parts(self) -> tuple:
@@ -66,6 +71,12 @@ class Method:
     def needs_entropy(self) -> bool:
         """True when ``token_loss`` needs the entropy with gradient (entropy bonus)."""
         return any(getattr(part, "needs_entropy", False) for part in self.regularisers)
+
+    @property
+    def loss_constants(self) -> tuple[str, ...]:
+        """Names of the plan metrics ``token_loss`` reads (an adapter that rebuilds the plan per
+        micro-batch must carry them, e.g. the entropy-bonus coefficient)."""
+        return tuple(name for part in self.regularisers for name in part.constants)
 
     @property
     def needs_ref_logprobs(self) -> bool:
@@ -96,7 +107,12 @@ class Method:
         zeroed = torch.zeros_like(batch.mask)  # dropped, yet counted: surrogate weight 0
         metrics: dict[str, Tensor] = {}
         for part in self.filters:
-            part_keep, part_metrics = part.keep(batch, clipped=clipped, group=group)
+            if part.name in self._state:  # stateful: receives its state, returns the new one
+                part_keep, part_metrics, self._state[part.name] = part.keep(
+                    batch, clipped=clipped, group=group, state=self._state[part.name]
+                )
+            else:
+                part_keep, part_metrics = part.keep(batch, clipped=clipped, group=group)
             if getattr(part, "denominator", None) == VALID:
                 zeroed |= batch.mask & ~part_keep
             else:
@@ -104,7 +120,8 @@ class Method:
             metrics.update(part_metrics)
         selected = {}
         for part in self.regularisers:
-            part_selected, part_metrics = part.select(batch, group=group)
+            state = {"state": self._state[part.name]} if part.name in self._state else {}
+            part_selected, part_metrics = part.select(batch, group=group, **state)
             if part_selected is not None:
                 selected[part.name] = part_selected & batch.mask
             metrics.update(part_metrics)
@@ -142,9 +159,9 @@ class Method:
         """Per-token loss ``[B, T]`` (0 where ``plan.keep`` is False) and metrics.
 
         ``loss_t = weight_t * surrogate_t + sum of regulariser terms``; all inputs ``[B, T]``
-        (the micro-batch's rows; ``plan`` = ``full_plan.rows(index)``). Metrics are
-        micro-batch-additive: each is a sum over this micro-batch's kept tokens divided by the
-        global kept count, so their sum over micro-batches (and ranks) is the batch value.
+        (the micro-batch's rows; ``plan`` = ``full_plan.rows(index)``). Metrics are raw sums
+        over this micro-batch's kept tokens: add them over micro-batches (and ranks, and PPO
+        epochs), then ``finalize_metrics(sums, plan, passes=epochs)`` gives the logged values.
         """
         if logprobs.shape != plan.keep.shape:
             raise ValueError(
@@ -171,7 +188,6 @@ class Method:
 
     @staticmethod
     def _surrogate_metrics(diag: dict[str, Tensor], plan: Plan) -> dict[str, Tensor]:
-        denominator = plan.num_tokens.clamp(min=1).to(torch.float32)
         names = {
             "clipped_low": dg.LOSS_CLIP_FRAC_LOW,
             "clipped_high": dg.LOSS_CLIP_FRAC_HIGH,
@@ -179,29 +195,77 @@ class Method:
             "ratio": dg.LOSS_RATIO_MEAN,
         }
         return {
-            name: torch.where(plan.keep, diag[key].to(torch.float32), 0.0).sum()
-            / denominator.to(diag[key].device)
+            name: torch.where(plan.keep, diag[key].detach().to(torch.float32), 0.0).sum()
             for key, name in names.items()
             if key in diag
         }
 
-    def state_dict(self) -> dict[str, dict]:
-        """Mutable state of stateful parts, by part name (for checkpoints): the adaptive entropy
-        coefficient, Clip-Cov's generator state. Stateless methods give ``{}``."""
-        return {part.name: part.state_dict() for part in self.parts if hasattr(part, "state_dict")}
+    def finalize_metrics(
+        self, sums: dict[str, Tensor | float], plan: Plan, *, passes: int = 1
+    ) -> dict[str, Tensor]:
+        """The logged values of one training batch: its plan's metrics and the token means.
 
-    def load_state_dict(self, state: dict[str, dict]) -> None:
-        """Restore ``state_dict()``; part names must match this method's stateful parts."""
-        own = {part.name: part for part in self.parts if hasattr(part, "state_dict")}
-        if set(state) != set(own):
+        ``sums``: ``token_loss`` metrics added over every micro-batch, rank and pass of the
+        batch; ``passes``: how many times each token was seen (PPO epochs). Each sum becomes
+        ``sum / (plan.num_tokens * passes)``, the mean over kept tokens; ``plan.metrics``
+        (batch constants such as the entropy-bonus coefficient, the filters' fractions) are
+        taken as they are. The one rule every consumer (our loop, TRL, verl) calls, so a
+        logged value never depends on micro-batching.
+        """
+        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+            raise ValueError(f"finalize_metrics: passes must be an int >= 1, got {passes!r}")
+        denominator = plan.num_tokens.clamp(min=1).to(torch.float64) * passes
+        values = dict(plan.metrics)
+        for name, total in sums.items():
+            total = torch.as_tensor(total, dtype=torch.float64)
+            values[name] = (total / denominator.to(total.device)).to(torch.float32)
+        return values
+
+    @property
+    def state(self) -> dict[str, dict[str, Tensor]]:
+        """Current state of the stateful parts, by part name (``{}`` when stateless)."""
+        return {name: dict(part_state) for name, part_state in self._state.items()}
+
+    def state_dict(self) -> dict[str, dict[str, Tensor]]:
+        """The state for a checkpoint: ``{part name: {field: tensor}}``, tensors only (loads
+        with ``torch.load(weights_only=True)``). Stateless methods give ``{}``."""
+        return {
+            name: {key: value.detach().clone() for key, value in part_state.items()}
+            for name, part_state in self._state.items()
+        }
+
+    def load_state_dict(self, state: dict[str, dict[str, Tensor]]) -> None:
+        """Restore ``state_dict()``; parts and fields must match this method's stateful parts."""
+        if not isinstance(state, dict) or set(state) != set(self._state):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise ValueError(
-                f"load_state_dict: state has parts {sorted(state)}, this method "
-                f"({self.spec}) has stateful parts {sorted(own)}"
+                f"load_state_dict: state has parts {got}, this method ({self.spec}) has "
+                f"stateful parts {sorted(self._state)}"
             )
-        for name, part_state in state.items():
-            own[name].load_state_dict(part_state)
+        restored = {}
+        for name, own in self._state.items():
+            given = state[name]
+            if not isinstance(given, dict) or set(given) != set(own):
+                raise ValueError(
+                    f"load_state_dict: {name} state must have fields {sorted(own)}, got "
+                    f"{sorted(given) if isinstance(given, dict) else type(given).__name__}"
+                )
+            for key, value in given.items():
+                if (
+                    not isinstance(value, Tensor)
+                    or value.dtype != own[key].dtype
+                    or (value.shape != own[key].shape)
+                ):
+                    raise ValueError(
+                        f"load_state_dict: {name}.{key} must be a {own[key].dtype} tensor of "
+                        f"shape {tuple(own[key].shape)}"
+                    )
+            restored[name] = {key: value.detach().clone() for key, value in given.items()}
+        self._state = restored
 
     def step_end(self, metrics: dict) -> None:
-        """After the optimiser step: let stateful parts (adaptive entropy bonus) update."""
-        for part in self.regularisers:
-            part.step_end(metrics)
+        """After the optimiser step: each stateful part gets its state and the step's logged
+        ``metrics`` (``finalize_metrics``) and returns its new state."""
+        for part in self.parts:
+            if part.name in self._state and part.kind == "regulariser":
+                self._state[part.name] = part.next_state(self._state[part.name], metrics)

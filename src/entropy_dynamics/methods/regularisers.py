@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -22,10 +21,9 @@ KL_ESTIMATORS = ("k1", "k2", "k3", "k3_clamped")
 KL_LOG_RATIO_CLAMP, KL_ESTIMATE_CLAMP = 20.0, 10.0  # verl's k3 ("low_var_kl") clamps
 
 
-def _per_kept_token(values: Tensor, plan: Plan) -> Tensor:
-    """Sum of ``values`` over the plan's kept tokens / the global kept count (additive)."""
-    total = torch.where(plan.keep, values.detach(), 0.0).sum()
-    return total / plan.num_tokens.clamp(min=1).to(total.device, total.dtype)
+def _kept_sum(values: Tensor, plan: Plan) -> Tensor:
+    """Sum of ``values`` ``[B, T]`` over the plan's kept tokens (a raw, additive metric)."""
+    return torch.where(plan.keep, values.detach(), 0.0).sum()
 
 
 def kl_cov_select(
@@ -68,27 +66,30 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, *, estimator: str = "k3"
 @register
 @dataclass(frozen=True, kw_only=True)
 class EntropyBonus(Regulariser):
-    """``entropy_bonus``: ``loss_t -= coef * H_t`` on every kept token (raises entropy)."""
+    """``entropy_bonus``: ``loss_t -= coef * H_t`` on every kept token (raises entropy).
+
+    The coefficient is a batch constant: ``select`` puts it in the plan
+    (``plan.metrics["entropy_bonus/coef"]``) and ``token_loss`` reads it from there.
+    """
 
     name: ClassVar[str] = "entropy_bonus"
     needs_entropy: ClassVar[bool] = True
+    constants: ClassVar[tuple[str, ...]] = (dg.ENTROPY_BONUS_COEF,)
     coef: float = 0.001
 
     def __post_init__(self) -> None:
         check_number(self.name, "coef", self.coef, low=0.0)
 
-    def current_coef(self) -> float:
-        return float(self.coef)
+    def select(self, batch: TokenBatch, *, group=None):
+        return None, {dg.ENTROPY_BONUS_COEF: torch.tensor(float(self.coef))}
 
     def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan):
         if entropy is None:
             raise ValueError(f"{self.name} needs entropy (with gradient) in token_loss(...)")
-        coef = self.current_coef()
-        metrics = {
-            dg.ENTROPY_BONUS_ENTROPY: _per_kept_token(entropy, plan),
-            dg.ENTROPY_BONUS_COEF: torch.tensor(coef),
-        }
-        return -coef * entropy, metrics
+        if dg.ENTROPY_BONUS_COEF not in plan.metrics:
+            raise ValueError(f"{self.name}: the plan has no coefficient; make it with Method.plan")
+        coef = plan.metrics[dg.ENTROPY_BONUS_COEF].to(entropy.device, entropy.dtype)
+        return -coef * entropy, {dg.ENTROPY_BONUS_ENTROPY: _kept_sum(entropy, plan)}
 
 
 @register
@@ -99,7 +100,8 @@ class AdaptiveEntropyBonus(EntropyBonus):
     Like ``entropy_bonus``, but after each step the coefficient moves by ``step`` towards
     holding the batch entropy at ``target``: up when the mean entropy of kept tokens is below
     ``target``, down otherwise, clamped to ``[min_coef, max_coef]``; ``coef`` is its start.
-    Defaults are ours (target 0.2 nats, step 0.005, start 0, at most 0.05).
+    State: ``{"coef": float64 0-dim tensor}``, the current coefficient. Defaults are ours
+    (target 0.2 nats, step 0.005, start 0, at most 0.05).
     """
 
     name: ClassVar[str] = "adaptive_entropy_bonus"
@@ -108,7 +110,6 @@ class AdaptiveEntropyBonus(EntropyBonus):
     step: float = 0.005
     min_coef: float = 0.0
     max_coef: float = 0.05
-    state: list = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_number(self.name, "min_coef", self.min_coef, low=0.0)
@@ -116,27 +117,27 @@ class AdaptiveEntropyBonus(EntropyBonus):
         check_number(self.name, "coef", self.coef, low=self.min_coef, high=self.max_coef)
         check_number(self.name, "target", self.target, low=0.0)
         check_number(self.name, "step", self.step, low=0.0, low_open=True)
-        object.__setattr__(self, "state", [float(self.coef)])
 
-    def current_coef(self) -> float:
-        return self.state[0]
+    def init_state(self) -> dict[str, Tensor]:
+        return {"coef": torch.tensor(float(self.coef), dtype=torch.float64)}
 
-    def state_dict(self) -> dict:
-        return {"coef": self.state[0]}
+    def select(self, batch: TokenBatch, *, group=None, state=None):
+        if state is None:
+            raise ValueError(f"{self.name} is stateful: pass state= (Method.plan does)")
+        return None, {dg.ENTROPY_BONUS_COEF: state["coef"].to(torch.float32)}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.state[0] = float(state["coef"])
-
-    def step_end(self, metrics) -> None:
-        """``metrics[ENTROPY_BONUS_ENTROPY]``: the step's mean entropy (summed over micro-batches)."""
+    def next_state(self, state: dict[str, Tensor], metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``metrics[ENTROPY_BONUS_ENTROPY]``: the step's mean entropy of kept tokens."""
         if dg.ENTROPY_BONUS_ENTROPY not in metrics:
             raise ValueError(
-                f"{self.name}.step_end needs metrics[{dg.ENTROPY_BONUS_ENTROPY!r}], "
-                "the sum over micro-batches of token_loss's metric"
+                f"{self.name}: the step's metrics lack {dg.ENTROPY_BONUS_ENTROPY!r} "
+                "(pass Method.finalize_metrics(...) to step_end)"
             )
         entropy = float(metrics[dg.ENTROPY_BONUS_ENTROPY])
-        moved = self.state[0] + (self.step if entropy < self.target else -self.step)
-        self.state[0] = min(max(moved, self.min_coef), self.max_coef)
+        coef = float(state["coef"])
+        moved = coef + (self.step if entropy < self.target else -self.step)
+        clamped = min(max(moved, self.min_coef), self.max_coef)
+        return {"coef": torch.tensor(clamped, dtype=torch.float64)}
 
 
 @register
@@ -164,7 +165,7 @@ class KlCov(Regulariser):
 
     def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan):
         penalty = torch.where(selected, self.coef * (logprobs - old_logprobs).abs(), 0.0)
-        return penalty, {dg.KL_COV_PENALTY: _per_kept_token(penalty, plan)}
+        return penalty, {dg.KL_COV_PENALTY: _kept_sum(penalty, plan)}
 
 
 @register
@@ -186,4 +187,4 @@ class KlRef(Regulariser):
         if ref_logprobs is None:
             raise ValueError("kl_ref needs ref_logprobs [B, T] in token_loss(...)")
         kl = kl_estimate(logprobs, ref_logprobs, estimator=self.estimator)
-        return self.coef * kl, {dg.KL_REF: _per_kept_token(kl, plan)}
+        return self.coef * kl, {dg.KL_REF: _kept_sum(kl, plan)}

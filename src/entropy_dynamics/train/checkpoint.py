@@ -97,6 +97,7 @@ def save_checkpoint(
     scheduler=None,
     state: dict | None = None,
     generator: torch.Generator | None = None,
+    method=None,
     keep_last: int = 3,
 ) -> Path:
     """Write checkpoints/step-{step}; keep the newest `keep_last` (0 = keep all). Returns its path.
@@ -111,7 +112,7 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         _write_files(tmp, model, optimizer, scheduler, state={"step": step, **(state or {})},
-                     generator=generator)  # fmt: skip
+                     generator=generator, method=method)  # fmt: skip
     except Exception as err:  # a full or failing disk: no partial folder is left behind
         shutil.rmtree(tmp, ignore_errors=True)
         code = getattr(err, "errno", None) or (
@@ -129,7 +130,7 @@ def save_checkpoint(
     return final
 
 
-def _write_files(tmp: Path, model, optimizer, scheduler, *, state: dict, generator) -> None:
+def _write_files(tmp: Path, model, optimizer, scheduler, *, state: dict, generator, method) -> None:
     from safetensors.torch import save_model
 
     save_model(model, str(tmp / "model.safetensors"))  # handles tied weights
@@ -137,6 +138,7 @@ def _write_files(tmp: Path, model, optimizer, scheduler, *, state: dict, generat
         {
             "optimizer": optimizer.state_dict(),
             "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "method": {} if method is None else method.state_dict(),  # tensors only
         },
         tmp / "optimizer.pt",
     )
@@ -257,6 +259,7 @@ def load_checkpoint(
     optimizer=None,
     scheduler=None,
     generator: torch.Generator | None = None,
+    method=None,
     restore_rng: bool = True,
 ) -> dict:
     """Verify, then load weights (and optimiser, scheduler, RNG states when given); returns state.json.
@@ -285,6 +288,13 @@ def load_checkpoint(
             raise CheckpointError(
                 f"{path}/optimizer.pt: does not fit this optimiser ({_short(err)})"
             ) from None
+        if method is not None:
+            try:
+                method.load_state_dict(saved.get("method", {}))
+            except ValueError as err:
+                raise CheckpointError(
+                    f"{path}/optimizer.pt: the method state does not fit {method.spec} ({err})"
+                ) from None
     if restore_rng:
         try:
             set_rng_state(json.loads((path / "rng.json").read_text()), generator)

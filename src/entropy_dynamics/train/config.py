@@ -277,7 +277,7 @@ def _validate_names(cfg: TrainConfig) -> None:
         )
     try:
         advantages.get(cfg.method.advantage)
-        methods.build(cfg.method.spec)
+        method = methods.build(cfg.method.spec)
     except ValueError as error:
         raise ValueError(f"config field method: {error}") from None
     except RecursionError:
@@ -285,6 +285,12 @@ def _validate_names(cfg: TrainConfig) -> None:
             f"config field method.spec={_clip(cfg.method.spec)} is nested too deeply to parse; "
             "valid: terms joined by '+', e.g. 'ppo + clip_b(mu=2.0)'"
         ) from None
+    if method.advantage is not None and cfg.method.advantage != MethodConfig.advantage:
+        raise ValueError(
+            f"config field method.advantage={cfg.method.advantage!r} conflicts with the method "
+            f"{cfg.method.spec!r}, which prescribes its own estimator ({method.advantage.spec}); "
+            "drop method.advantage or choose a method without an estimator part"
+        )
 
 
 def config_warnings(cfg: TrainConfig) -> list[str]:

@@ -176,7 +176,8 @@ def _restore_or_reset(run: Run, *, resume: bool) -> None:
     for path in reversed(ckpt.list_checkpoints(run.run_dir) if resume else []):
         try:
             state = ckpt.load_checkpoint(path, model=run.model, optimizer=run.optimizer,
-                                         scheduler=run.scheduler, generator=run.generator)  # fmt: skip
+                                         scheduler=run.scheduler, generator=run.generator,
+                                         method=run.method)  # fmt: skip
         except ckpt.CheckpointError as err:
             damaged.append(path)
             aside = path.with_name(f"damaged-{path.name}")
@@ -213,6 +214,7 @@ def _save(run: Run) -> None:
     ckpt.save_checkpoint(
         run.run_dir, step=run.step, model=run.model, optimizer=run.optimizer,
         scheduler=run.scheduler, state={"nonfinite": run.nonfinite}, generator=run.generator,
+        method=run.method,
     )  # fmt: skip
 
 
@@ -254,7 +256,10 @@ def train_step(run: Run, problems: list) -> dict | None:
     )  # fmt: skip
     rewards, reward_metrics = run.reward.score_groups(problems, rollout.texts, G)  # (B,)
     mask = rollout.response_mask  # (B, T)
-    advantages = get_advantage(cfg.method.advantage)(rewards, G)[:, None].expand_as(mask)
+    if run.method.advantage is not None:  # the method prescribes its estimator (w_reinforce)
+        advantages = run.method.advantage.advantages(rewards, G)[:, None].expand_as(mask)
+    else:
+        advantages = get_advantage(cfg.method.advantage)(rewards, G)[:, None].expand_as(mask)
 
     B = mask.shape[0]
     micro = cfg.method.micro_batch_size or B
@@ -341,7 +346,7 @@ def _update(run: Run, rollout, batch, plan, fused_stats) -> dict | None:
     cfg, model, optimizer = run.cfg, run.model, run.optimizer
     B, epochs = batch.mask.shape[0], cfg.method.ppo_epochs
     micro = cfg.method.micro_batch_size or B
-    loss_total, loss_metrics = 0.0, {}
+    loss_total, loss_sums = 0.0, {}
     for _ in range(epochs):
         optimizer.zero_grad(set_to_none=True)
         for start in range(0, B, micro):
@@ -355,8 +360,8 @@ def _update(run: Run, rollout, batch, plan, fused_stats) -> dict | None:
                 return None
             loss.backward()
             loss_total += float(loss.detach()) / epochs
-            for k, v in metrics.items():
-                loss_metrics[k] = loss_metrics.get(k, 0.0) + float(v) / epochs
+            for k, v in metrics.items():  # raw sums over kept tokens, every micro-batch and epoch
+                loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         if not torch.isfinite(grad_norm):
@@ -366,7 +371,9 @@ def _update(run: Run, rollout, batch, plan, fused_stats) -> dict | None:
         optimizer.step()
         run.scheduler.step()
         _check_weights(run)
-    run.method.step_end({**plan.metrics, **loss_metrics})
+    loss_metrics = {k: float(v) for k, v in
+                    run.method.finalize_metrics(loss_sums, plan, passes=epochs).items()}  # fmt: skip
+    run.method.step_end(loss_metrics)
     return {dg.LOSS_TOTAL: loss_total, dg.OPTIM_GRAD_NORM: float(grad_norm), dg.OPTIM_LR: lr,
             **loss_metrics}  # fmt: skip
 
