@@ -488,3 +488,143 @@ def test_legacy_trainer_keeps_n_and_h_and_plans_clip_v_before_the_update(tiny_ac
         "entropy/pred_delta",
     ):
         assert "entropy_dynamics/" + name in logged
+
+
+# --------------------------------------------------------------------------- the legacy launcher
+
+
+def tiny_model_dir(path):
+    """A config-built Llama and a word-level tokenizer with a chat template, saved (offline)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    words = ["<pad>", "<eos>", "<unk>", "user", "assistant", ":", "what", "is", "1", "+", "2", "?"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}assistant :{% endif %}"
+    )
+    tokenizer.save_pretrained(path)
+    LlamaConfig(
+        vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, architectures=["LlamaForCausalLM"],
+    ).save_pretrained(path)  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def legacy_run_files(tmp_path_factory):
+    """One batch of the examples' 32 prompts (examples' parquet format) and a tiny model."""
+    import pandas as pd
+
+    path = tmp_path_factory.mktemp("legacy")
+    row = {
+        "data_source": "reasoning_gym/basic_arithmetic",
+        "prompt": [{"role": "user", "content": "what is 1 + 2 ?"}],
+        "ability": "reasoning",
+        "reward_model": {"style": "rule", "ground_truth": "3"},
+    }
+    for split in ("train", "test"):
+        pd.DataFrame([dict(row, extra_info={"index": i}) for i in range(32)]).to_parquet(
+            path / f"{split}.parquet"
+        )
+    return path, tiny_model_dir(path / "model")
+
+
+def test_legacy_runner_builds_our_trainer_through_verls_task_runner(legacy_run_files, monkeypatch):
+    """verl's own TaskRunner.run on an example config with trainer.use_v1=false, in-process.
+
+    It runs verl's validate_config, HFModelConfig (tokenizer), RLHFDataset on the parquet and
+    RayPPOTrainer.__init__ (dataloaders), then stops where verl needs a Ray cluster:
+    ResourcePoolManager asks Ray for its GPUs in init_workers. Nothing is replaced.
+    """
+    hydra = pytest.importorskip("hydra")
+    import ray
+    from verl.trainer import main_ppo_v0
+    from verl.trainer.ppo.ray_trainer import RayPPOTrainer, Role
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    from entropy_dynamics.integrations import verl_main
+
+    data, model = legacy_run_files
+    monkeypatch.setenv("ED_VERL_DATA", str(data))  # what run.sh exports
+    with hydra.initialize_config_dir(config_dir=str(EXAMPLES), version_base=None):
+        cfg = hydra.compose(
+            config_name="entropy_clip_v",
+            overrides=["trainer.use_v1=false", f"actor_rollout_ref.model.path={model}"],
+        )
+
+    assert not ray.is_initialized()
+    with pytest.raises(ray.exceptions.RaySystemError, match="Ray has not been started") as raised:
+        verl_main.EntropyTaskRunner().run(cfg)
+    assert not ray.is_initialized()
+    tb, frames = raised.value.__traceback__, []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    where = [("/".join(f.f_code.co_filename.split("/")[-3:]), f.f_code.co_name) for f in frames]
+    assert ("verl/trainer/main_ppo_v0.py", "run") in where  # verl's TaskRunner.run did the work
+    (trainer,) = [f.f_locals["self"] for f in frames if f.f_code.co_name == "init_workers"][:1]
+    assert type(trainer) is plugin.EntropyRayPPOTrainer
+    assert trainer.method.needs_baseline and "clip_v(" in repr(trainer.method)
+    assert trainer.config.trainer.use_v1 is False
+    assert len(trainer.train_dataloader) == 1 and trainer.total_training_steps == 40
+    worker = trainer.role_worker_mapping[Role.ActorRollout]
+    assert worker.__ray_metadata__.modified_class.__ray_actor_class__ is ActorRolloutRefWorker
+    # verl's module is unchanged; the Ray actor that run_ppo starts is this runner
+    assert main_ppo_v0.RayPPOTrainer is RayPPOTrainer
+    actor = verl_main.TaskRunner.__ray_metadata__.modified_class.__ray_actor_class__
+    assert actor is verl_main.EntropyTaskRunner
+    assert issubclass(actor, main_ppo_v0.BaseTaskRunner)
+
+
+def test_launcher_runs_the_legacy_trainer_in_a_ray_actor_up_to_the_gpus(legacy_run_files):
+    """The documented command, `trainer.use_v1=false`, on a local CPU Ray cluster (1 CPU).
+
+    Hydra composes the example; verl's main checks run; verl's run_ppo starts our TaskRunner as
+    a Ray actor (pickled by reference into its process); verl's TaskRunner.run there builds
+    EntropyRayPPOTrainer, whose init_workers stops at verl's check for the GPUs it needs.
+    """
+    import os
+    import subprocess
+    import sys
+
+    data, model = legacy_run_files
+    command = [
+        sys.executable, "-m", "entropy_dynamics.integrations.verl_main",
+        f"--config-path={EXAMPLES}", "--config-name=entropy_clip_v", "trainer.use_v1=false",
+        f"actor_rollout_ref.model.path={model}", "ray_kwargs.ray_init.num_cpus=1",
+    ]  # fmt: skip
+    env = dict(
+        os.environ,
+        ED_VERL_DATA=str(data),
+        ED_VERL_EXAMPLES=str(EXAMPLES),
+        VERL_USE_EXTERNAL_MODULES="entropy_dynamics.integrations.verl",
+        VERL_ENGINE_VENDOR=plugin.VENDOR,
+        RAY_USAGE_STATS_ENABLED="0",
+        HYDRA_FULL_ERROR="1",
+    )
+    done = subprocess.run(command, capture_output=True, text=True, timeout=400, env=env)
+    log = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "'use_v1': False" in done.stdout and "checks passed successfully" in done.stdout
+    assert "ray::EntropyTaskRunner.run()" in log, log[-3000:]
+    assert "verl_trainers.py" in log and "in init_workers" in log  # our trainer, in the actor
+    assert "Total available GPUs 0 is less than total desired GPUs 1" in log, log[-3000:]
+
+
+def test_launcher_refuses_a_verl_run_that_no_longer_names_ray_ppo_trainer():
+    from entropy_dynamics.integrations import verl_main
+
+    def run(self, config):  # a verl whose TaskRunner.run builds its trainer some other way
+        return config
+
+    with pytest.raises(RuntimeError, match="no longer constructs RayPPOTrainer"):
+        verl_main._with_trainer(run, plugin.EntropyRayPPOTrainer)
+    bound = verl_main._with_trainer(verl_main.VerlTaskRunner.run, plugin.EntropyRayPPOTrainer)
+    assert bound.__globals__["RayPPOTrainer"] is plugin.EntropyRayPPOTrainer
+    assert verl_main.VerlTaskRunner.run.__globals__["RayPPOTrainer"].__name__ == "RayPPOTrainer"

@@ -2,6 +2,11 @@
 # The examples/verl GPU job: GRPO, Clip_B or Clip_V with verl 0.9.1 + vLLM on one GPU.
 #
 #   bash examples/verl/run.sh clip_v [verl overrides...]      # grpo | clip_b | clip_v
+#   bash examples/verl/run.sh clip_v trainer.use_v1=false     # verl's legacy trainer instead
+#
+# The launcher takes verl.trainer.main_ppo's config and overrides: with trainer.use_v1=true (the
+# configs' default) it is verl's own main (v1 trainer `entropy_sync`); with trainer.use_v1=false
+# it runs verl's legacy TaskRunner, which then builds EntropyRayPPOTrainer.
 #
 # Needs a GPU environment with verl 0.9.1 and its full stack (vLLM, flash-attn, ray), this
 # package installed (`pip install -e .`), reasoning_gym, and network (or a local model path in
@@ -17,5 +22,5 @@ export ED_VERL_EXAMPLES=$PWD/examples/verl
 # the driver process imports the plugin too (verl's trainer registry resolves entropy_sync)
 export VERL_USE_EXTERNAL_MODULES=entropy_dynamics.integrations.verl
 export VERL_ENGINE_VENDOR=entropy_dynamics
-python -m verl.trainer.main_ppo --config-path="$PWD/examples/verl" \
+python -m entropy_dynamics.integrations.verl_main --config-path="$PWD/examples/verl" \
     --config-name="entropy_$METHOD" "$@"

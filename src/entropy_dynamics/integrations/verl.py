@@ -11,6 +11,8 @@ Importing it registers, in verl's own registries (no verl file is edited):
   the method on the whole batch (`verl_plan.apply_entropy_masks`), log its metrics, and install
   `verl_loss.method_loss` (surrogate x weights + regularisers, on the plan's kept tokens) as
   the actor's loss through verl's `set_loss_fn`.
+`verl_main` is the launcher (verl's `main_ppo` config and overrides): verl's own main for the v1
+trainer, verl's legacy TaskRunner building `EntropyRayPPOTrainer` for `trainer.use_v1=false`.
 See docs/verl.md. Only the verl_* modules and this one import verl.
 """
 

@@ -56,7 +56,8 @@ class EntropyRayPPOTrainer(RayPPOTrainer):
     """verl's legacy trainer (`trainer.use_v1=false`) with the entropy_dynamics plan.
 
     verl's legacy TaskRunner constructs `RayPPOTrainer` by name (no registry to select a
-    trainer), so a legacy run constructs this class in its place; docs/verl.md says how.
+    trainer); `python -m entropy_dynamics.integrations.verl_main ... trainer.use_v1=false`
+    (`verl_main.EntropyTaskRunner`) runs verl's TaskRunner with this class in its place.
     """
 
     def __init__(self, *args, **kwargs):
