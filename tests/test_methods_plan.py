@@ -85,6 +85,7 @@ def test_micro_batches_equal_whole_batch(spec, mode):
                 plan=sub,
                 entropy=entropy[rows],
                 ref_logprobs=batch.ref_logprobs[rows],
+                clamped_entropy=entropy[rows],  # stands in for H_c (aent): any [B, T] with grad
             )
             total = total + aggregate(
                 loss, sub.keep, mode, num_tokens=plan.num_tokens, num_seqs=plan.num_seqs, max_len=12
@@ -115,6 +116,7 @@ def test_all_masked_batch(spec):
         plan=plan,
         entropy=entropy,
         ref_logprobs=batch.ref_logprobs,
+        clamped_entropy=entropy,
     )
     value = aggregate(loss, plan.keep, "token-mean", num_tokens=plan.num_tokens)
     value.backward()

@@ -23,6 +23,11 @@ from entropy_dynamics.train.logging import read_jsonl
 STATEFUL = {
     "adaptive_entropy_bonus": "ppo + adaptive_entropy_bonus(target=50.0, step=0.01)",
     "clip_cov": "ppo(eps_low=1.0, eps_high=1.0) + clip_cov(ratio=0.2, lb=-100.0, ub=100.0)",
+    # EntroPIC: target just under the tiny model's entropy (about 4.6), a large I gain: alpha moves
+    "entropic": "ppo(dual_clip=3.0) + entropic(target=4.5, kp=0.01, ki=0.2)",
+    # AEnt: no warm-up, a band far above the clamped entropy, so the coefficient climbs
+    "aent": "ppo + aent(coef=0.0, low=50.0, high=60.0, coef_lr=0.01, min_coef=0.0, max_coef=1.0, "
+    "warmup_steps=0)",
 }
 STEPS = 10
 
@@ -84,6 +89,16 @@ def test_kill_9_then_resume_is_bit_exact_with_stateful_parts(tmp_path, name):
     if name == "adaptive_entropy_bonus":
         coefs = [r["entropy_bonus/coef"] for r in expected]
         assert coefs[resumed_from] > coefs[0] and coefs == sorted(coefs)
+    elif name == "entropic":  # alpha = kp e + ki * (sum of the earlier errors), unsaturated
+        errors = [r["entropic/error"] for r in expected]
+        for s in range(resumed_from, STEPS):
+            want = 0.01 * errors[s] + 0.2 * sum(errors[:s])
+            assert expected[s]["entropic/alpha"] == pytest.approx(want, rel=1e-4, abs=1e-6)
+        assert abs(sum(errors[:resumed_from])) > 1e-3
+    elif name == "aent":  # the first step is step 0, not past warm-up 0: updates from step 1
+        coefs = [r["aent/coef"] for r in expected]
+        assert coefs[0] == coefs[1] == 0.0 and coefs[resumed_from] > 0
+        assert coefs[resumed_from:] == sorted(coefs[resumed_from:]) and coefs[-1] > coefs[2]
     else:
         assert sum(r["clip_cov/frac_dropped"] > 0 for r in expected[resumed_from:]) >= 2
 
@@ -105,6 +120,8 @@ def test_resume_refuses_a_checkpoint_whose_method_state_does_not_fit(tmp_path):
         "ppo + entropy_bonus(coef=0.01)",
         STATEFUL["adaptive_entropy_bonus"],
         "pg + kl_cov(ratio=0.2, coef=1.0)",
+        "ppo(dual_clip=3.0) + entropic(target=0.5)",
+        STATEFUL["aent"],
     ],
 )
 def test_every_logged_metric_is_the_same_for_1_2_and_4_micro_batches(tmp_path, spec):

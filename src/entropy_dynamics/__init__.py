@@ -10,6 +10,7 @@ from ._token_stats_vocab_parallel import (
 )
 from .advantages import grpo_advantages
 from .aggregation import aggregate
+from .clamped_entropy import clamped_entropy, clamped_entropy_from_hidden
 from .methods import clip_b_mask, clip_v_mask
 from .theory import (
     discriminator,
@@ -30,6 +31,8 @@ __version__ = "0.1.0"
 __all__ = [
     "TokenStats",
     "aggregate",
+    "clamped_entropy",
+    "clamped_entropy_from_hidden",
     "clip_b_mask",
     "clip_v_mask",
     "discriminator",

@@ -48,6 +48,13 @@ KL_COV_PENALTY = "kl_cov/penalty"  # micro-batch-additive mean penalty
 KL_REF = "kl_ref/kl"  # micro-batch-additive mean KL estimate
 ENTROPY_BONUS_COEF = "entropy_bonus/coef"
 ENTROPY_BONUS_ENTROPY = "entropy_bonus/entropy"  # micro-batch-additive mean H of kept tokens
+ENTROPIC_ALPHA = "entropic/alpha"  # EntroPIC's PI coefficient of the step
+ENTROPIC_ERROR = "entropic/error"  # mean H of valid tokens minus the target (the PI error)
+ENTROPIC_NUM_HIGH = "entropic/num_high"  # global count of valid tokens with p > threshold
+ENTROPIC_FRAC_HIGH = "entropic/frac_high"  # their share of the valid tokens
+ENTROPIC_TERM = "entropic/term"  # micro-batch-additive mean of the adjustment term
+AENT_COEF = "aent/coef"  # AEnt's clamped-entropy coefficient of the step
+AENT_CLAMPED_ENTROPY = "aent/clamped_entropy"  # micro-batch-additive mean H_c of kept tokens
 
 # --- surrogate and plan -------------------------------------------------------------------------
 LOSS_CLIP_FRAC_LOW = "loss/clip_frac_low"  # A < 0, r < 1 - eps_low (micro-batch-additive)

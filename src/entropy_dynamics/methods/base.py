@@ -213,9 +213,15 @@ class Regulariser(Part, abc.ABC):
         ref_logprobs: Tensor | None,
         selected: Tensor | None,
         plan: Plan,
+        advantages: Tensor | None = None,
+        clamped_entropy: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Per-token term ``[B, T]`` added to the loss, and its metrics as raw sums over the
-        micro-batch's kept tokens (``finalize_metrics`` turns the summed values into means)."""
+        micro-batch's kept tokens (``finalize_metrics`` turns the summed values into means).
+
+        ``advantages`` (``[B, T]``) and ``clamped_entropy`` (``[B, T]``, with gradient; only
+        for a part with ``clamp_p``, see ``Method.clamp_p``) are passed by ``Method.token_loss``.
+        """
         ...
 
     def next_state(self, state: dict[str, Tensor], metrics: dict[str, Tensor]) -> dict[str, Tensor]:

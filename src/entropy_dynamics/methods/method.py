@@ -47,6 +47,8 @@ class Method:
         ]:
             if not isinstance(part, kind):
                 raise ValueError(f"Method: expected a {kind.__name__}, got {part!r}")
+        if len({r.clamp_p for r in self.regularisers if hasattr(r, "clamp_p")}) > 1:
+            raise ValueError("Method: parts with different clamp_p; give them one clamp_p")
         for part in self.parts:
             initial = part.init_state()
             if initial:
@@ -77,6 +79,12 @@ class Method:
         """Names of the plan metrics ``token_loss`` reads (an adapter that rebuilds the plan per
         micro-batch must carry them, e.g. the entropy-bonus coefficient)."""
         return tuple(name for part in self.regularisers for name in part.constants)
+
+    @property
+    def clamp_p(self) -> float | None:
+        """The ``clamp_p`` at which ``token_loss`` needs the clamped entropy (AEnt), else None."""
+        values = {part.clamp_p for part in self.regularisers if hasattr(part, "clamp_p")}
+        return values.pop() if values else None
 
     @property
     def needs_ref_logprobs(self) -> bool:
@@ -155,8 +163,12 @@ class Method:
         plan: Plan,
         entropy: Tensor | None = None,
         ref_logprobs: Tensor | None = None,
+        clamped_entropy: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Per-token loss ``[B, T]`` (0 where ``plan.keep`` is False) and metrics.
+
+        ``clamped_entropy`` (``[B, T]``, with gradient, ``entropy_dynamics.clamped_entropy`` at
+        ``self.clamp_p``) is needed only when ``self.clamp_p`` is not None (AEnt).
 
         ``loss_t = weight_t * surrogate_t + sum of regulariser terms``; all inputs ``[B, T]``
         (the micro-batch's rows; ``plan`` = ``full_plan.rows(index)``). Metrics are raw sums
@@ -181,6 +193,8 @@ class Method:
                 ref_logprobs=ref_logprobs,
                 selected=plan.selected.get(part.name),
                 plan=plan,
+                advantages=advantages,
+                clamped_entropy=clamped_entropy,
             )
             loss = loss + term
             metrics.update(part_metrics)

@@ -70,6 +70,20 @@ PRESETS = {
         "+lambda (0.1) for a correct and -1 for a wrong response, no group baseline "
         "(advantages.get('w_reinforce')), on verl's PPO clip (eps 0.2).",
     ),
+    "entropic": (
+        "ppo(dual_clip=3.0) + entropic",
+        "EntroPIC (Yang et al. 2025, arXiv 2511.15248) as its code (yk7333/EntroPIC, loss_mode "
+        "'entropic'): verl's PPO loss with dual clip c = 3 plus alpha * mean(-r |A|) over tokens "
+        "with p > 0.95, alpha from a PI controller on (H - target): P 1, I 0.01, target 0.1 "
+        "(the run script's), alpha clipped to [-1, 1].",
+    ),
+    "aent": (
+        "ppo + aent",
+        "AEnt (Shen 2025, arXiv 2509.03493) as its code (AReaL recipe AEnt): PPO clip 0.2 plus "
+        "the clamped entropy bonus (lowest 30 % of logits cut) with the adaptive coefficient of "
+        "the README config (start 2e-4, band [0.05, 0.23], step 1e-3, box [1e-5, 3e-3], "
+        "warm-up 29 steps).",
+    ),
 }
 
 for _name, (_spec, _doc) in PRESETS.items():

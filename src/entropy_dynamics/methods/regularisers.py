@@ -83,7 +83,7 @@ class EntropyBonus(Regulariser):
     def select(self, batch: TokenBatch, *, group=None):
         return None, {dg.ENTROPY_BONUS_COEF: torch.tensor(float(self.coef))}
 
-    def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan):
+    def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan, **_):
         if entropy is None:
             raise ValueError(f"{self.name} needs entropy (with gradient) in token_loss(...)")
         if dg.ENTROPY_BONUS_COEF not in plan.metrics:
@@ -163,7 +163,7 @@ class KlCov(Regulariser):
         counts = global_sum(torch.stack([selected.sum(), batch.mask.sum()]))
         return selected, {dg.KL_COV_FRAC_SELECTED: counts[0] / counts[1].clamp(min=1)}
 
-    def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan):
+    def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan, **_):
         penalty = torch.where(selected, self.coef * (logprobs - old_logprobs).abs(), 0.0)
         return penalty, {dg.KL_COV_PENALTY: _kept_sum(penalty, plan)}
 
@@ -183,7 +183,7 @@ class KlRef(Regulariser):
         check_number(self.name, "coef", self.coef, low=0.0)
         check_choice(self.name, "estimator", self.estimator, KL_ESTIMATORS)
 
-    def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan):
+    def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan, **_):
         if ref_logprobs is None:
             raise ValueError("kl_ref needs ref_logprobs [B, T] in token_loss(...)")
         kl = kl_estimate(logprobs, ref_logprobs, estimator=self.estimator)

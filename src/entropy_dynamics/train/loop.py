@@ -37,6 +37,7 @@ import torch
 from entropy_dynamics import diagnostics as dg
 from entropy_dynamics.advantages import get as get_advantage
 from entropy_dynamics.aggregation import aggregate
+from entropy_dynamics.clamped_entropy import clamped_entropy, clamped_entropy_from_hidden
 from entropy_dynamics.methods import TokenBatch
 from entropy_dynamics.models import model_output_layer
 from entropy_dynamics.token_stats import token_stats, token_stats_from_hidden
@@ -265,6 +266,7 @@ def train_step(run: Run, problems: list) -> dict | None:
     micro = cfg.method.micro_batch_size or B
     fused = micro >= B and cfg.method.ppo_epochs == 1  # one forward serves statistics and loss
     stats, head_input = score(run, rollout, slice(None), grad=fused)
+    clamped = _clamped_entropy(run, head_input, mask)  # None unless the method needs it (AEnt)
     old_logprobs = stats.logprobs.detach()
     ref_logprobs = None
     if run.reference is not None:
@@ -280,7 +282,7 @@ def train_step(run: Run, problems: list) -> dict | None:
     probing = bool(cfg.logging.probe_every) and step % cfg.logging.probe_every == 0
     old_logits = _output_logits(run, head_input) if probing else None  # before the update
 
-    update = _update(run, rollout, batch, plan, stats if fused else None)
+    update = _update(run, rollout, batch, plan, (stats, clamped) if fused else None)
     if update is None:
         return None
     metrics = {
@@ -332,6 +334,19 @@ def score(run: Run, rollout, rows, *, grad: bool, policy=None):
         return token_stats(logits, labels, temperature=temperature, mask=mask), logits
 
 
+def _clamped_entropy(run: Run, head_input, mask):
+    """AEnt's clamped entropy [b, T] from what `score` returned, when the method needs it."""
+    clamp_p = run.method.clamp_p
+    if clamp_p is None:
+        return None
+    temperature = run.cfg.rollout.temperature
+    if head_input.shape[-1] == run.model.get_output_embeddings().weight.shape[0]:  # logits
+        return clamped_entropy(head_input, clamp_p=clamp_p, temperature=temperature, mask=mask)
+    weight, bias = model_output_layer(run.model)
+    return clamped_entropy_from_hidden(head_input, weight, bias=bias, clamp_p=clamp_p,
+                                       temperature=temperature, mask=mask)  # fmt: skip
+
+
 def _output_logits(run: Run, head_input):
     """Detached logits [B, T, V] from what `score` returned (hidden states go through lm_head)."""
     if head_input.shape[-1] == run.model.get_output_embeddings().weight.shape[0]:
@@ -351,10 +366,13 @@ def _update(run: Run, rollout, batch, plan, fused_stats) -> dict | None:
         optimizer.zero_grad(set_to_none=True)
         for start in range(0, B, micro):
             rows = slice(start, start + micro)
-            stats = (
-                fused_stats if fused_stats is not None else score(run, rollout, rows, grad=True)[0]
-            )
-            loss, metrics = micro_batch_loss(cfg, run.method, plan, batch, rows, stats)
+            if fused_stats is not None:
+                stats, clamped = fused_stats
+            else:
+                stats, head_input = score(run, rollout, rows, grad=True)
+                clamped = _clamped_entropy(run, head_input, batch.mask[rows])
+            extra = {} if clamped is None else {"clamped_entropy": clamped}
+            loss, metrics = micro_batch_loss(cfg, run.method, plan, batch, rows, stats, **extra)
             if not torch.isfinite(loss):
                 optimizer.zero_grad(set_to_none=True)
                 return None
@@ -391,13 +409,14 @@ def _check_weights(run: Run) -> None:
     )
 
 
-def micro_batch_loss(cfg, method, plan, batch, rows, stats):
+def micro_batch_loss(cfg, method, plan, batch, rows, stats, clamped_entropy=None):
     """The aggregated loss of one micro-batch (its share of the batch-global token mean)."""
     plan_rows = plan.rows(rows)
     token_loss, metrics = method.token_loss(
         logprobs=stats.logprobs, old_logprobs=batch.old_logprobs[rows],
         advantages=batch.advantages[rows], plan=plan_rows, entropy=stats.entropy,
         ref_logprobs=None if batch.ref_logprobs is None else batch.ref_logprobs[rows],
+        clamped_entropy=clamped_entropy,
     )  # fmt: skip
     loss = aggregate(
         token_loss, plan_rows.keep, cfg.method.aggregation, num_tokens=plan.num_tokens,
