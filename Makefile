@@ -23,9 +23,9 @@ $(VENV)/.stamp: pyproject.toml constraints.txt
 setup: $(VENV)/.stamp
 
 # verl 0.9.1 pins transformers<5.11, so its plugin tests run in a separate environment.
+# The script touches the stamp itself (also when run directly), in the folder it is told.
 .venv-verl/.stamp: scripts/setup-verl-env.sh constraints.txt
-	bash scripts/setup-verl-env.sh
-	touch $@
+	VERL_VENV=.venv-verl bash scripts/setup-verl-env.sh
 
 verl-env: .venv-verl/.stamp
 

@@ -7,6 +7,8 @@
 # Ray's full stack. We install it with --no-deps and add only what its policy-loss registry
 # (verl.trainer.ppo.core_algos) and its v1 trainer registry (verl.trainer.ppo.v1) import,
 # found by importing them until no module is missing. About 1.8 GB, mostly torch and ray.
+# On success it touches $VENV/.stamp, the file `make verl-env` / `make test-verl` depend on, so
+# a run of this script (directly or through make) is not repeated until its inputs change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -27,4 +29,5 @@ $PIP install -q -c constraints.txt \
 $PIP install -q --no-deps -e .
 # the same check the tests start with: both registries import
 "$VENV/bin/python" -W ignore -c "import verl.trainer.ppo.core_algos, verl.trainer.ppo.v1" 2>/dev/null
+touch "$VENV/.stamp"
 echo "verl environment ready: $VENV"

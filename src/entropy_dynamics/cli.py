@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a run's latest checkpoint on held-out prompts",
                        description="avg@k, unbiased pass@k, greedy accuracy and the pass-rate "
-                       "histogram of a run's checkpoint on its task's held-out split.")  # fmt: skip
+                       "histogram of a run's checkpoint on its task's held-out split, printed "
+                       "as JSON and kept in RUN_DIR/eval.jsonl, one record per step, k and "
+                       "checkpoint.")  # fmt: skip
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument(
         "--k", type=int, default=None, help="samples per problem (default: logging.eval_k)"
@@ -138,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature (default: rollout.temperature)")  # fmt: skip
-    p.add_argument("--no-write", action="store_true", help="do not append to RUN_DIR/eval.jsonl")
+    p.add_argument("--no-write", action="store_true",
+                   help="do not write RUN_DIR/eval.jsonl (by default the record replaces any of "
+                   "the same step, k and checkpoint)")  # fmt: skip
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("report", help="figures + report.md + report.html comparing runs",

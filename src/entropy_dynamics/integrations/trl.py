@@ -39,6 +39,8 @@ from entropy_dynamics.aggregation import aggregate
 from entropy_dynamics.distributed import global_sum
 from entropy_dynamics.methods import Plan, TokenBatch
 from entropy_dynamics.token_stats import token_stats_from_hidden
+from entropy_dynamics.train.logging import warn
+from entropy_dynamics.train.watch import RunWatch
 
 __all__ = ["EntropyDynamicsCallback", "EntropyGRPOConfig", "EntropyGRPOTrainer"]
 
@@ -76,6 +78,10 @@ class EntropyGRPOConfig(GRPOConfig):
         `epsilon`; its dual clip `c`, if any, becomes TRL's `delta = c` (the same loss).
     entropy_chunk_rows: rows per forward pass of the statistics pass (None: the per-device
         train batch size); bounds the memory of that extra no-grad pass.
+    entropy_warn_no_drop_steps: warn (once) when a filter of the method has dropped no token for
+        this many generation batches in a row, with the batch's token count and the `mu` that
+        would drop the filter's configured share (0: never). Steps whose rewards or advantages
+        are all 0 are warned about once too (`entropy_dynamics.train.watch.RunWatch`).
     entropy_probe_steps: every this many optimiser steps, the entropy at the last micro-batch's
         completion tokens is re-measured after the update and logged beside Theorem 3.3's
         prediction (`entropy_dynamics.train.probe.entropy_probe`); 0 turns the probe off.
@@ -88,6 +94,13 @@ class EntropyGRPOConfig(GRPOConfig):
     entropy_chunk_rows: int | None = field(
         default=None,
         metadata={"help": "rows per no-grad forward pass of the token-statistics pass."},
+    )
+    entropy_warn_no_drop_steps: int = field(
+        default=20,
+        metadata={
+            "help": "warn once when a filter dropped nothing for this many generation "
+            "batches in a row; 0 = never."
+        },
     )
     entropy_probe_steps: int = field(
         default=0,
@@ -105,6 +118,15 @@ class EntropyGRPOConfig(GRPOConfig):
         if self.entropy_probe_steps < 0:
             raise ValueError(
                 f"entropy_probe_steps must be >= 0 (0 = off), got {self.entropy_probe_steps}"
+            )
+        if (
+            isinstance(self.entropy_warn_no_drop_steps, bool)
+            or not isinstance(self.entropy_warn_no_drop_steps, int)
+            or self.entropy_warn_no_drop_steps < 0
+        ):
+            raise ValueError(
+                "entropy_warn_no_drop_steps must be an int >= 0 (0 = never), got "
+                f"{self.entropy_warn_no_drop_steps!r}"
             )
         if self.entropy_chunk_rows is not None and self.entropy_chunk_rows < 1:
             raise ValueError(
@@ -197,6 +219,12 @@ class EntropyGRPOTrainer(GRPOTrainer):
         self._plan_sums: dict[str, torch.Tensor] = {}
         self._plan_passes_seen = 0
         self._probe, self._probe_due = None, False
+        # batch-global checks on every rank (they all-reduce); only the main process prints
+        self.watch = RunWatch(
+            self.method,
+            no_drop_steps=self.args.entropy_warn_no_drop_steps,
+            warn=warn if self.accelerator.is_main_process else (lambda message: None),
+        )
         if self.args.entropy_probe_steps:
             self.add_callback(_ProbeCallback(self))
         if self.aux_loss_enabled and not self.trl_surrogate:
@@ -241,6 +269,13 @@ class EntropyGRPOTrainer(GRPOTrainer):
             # these loss types divide by the global loss-token count: dropped tokens leave it
             output["num_items_in_batch"] = plan.num_tokens.to(output["num_items_in_batch"])
         self.last_token_batch, self.last_plan = batch, plan
+        if mode == "train":
+            logged = self._metrics[mode]  # TRL has just appended this batch's reward statistics
+            rewards_zero = (
+                bool(logged["reward"]) and logged["reward"][-1] == 0 == logged["reward_std"][-1]
+            )
+            self.watch.observe(self.state.global_step + 1, batch, plan.metrics,
+                               all_rewards_zero=rewards_zero)  # fmt: skip
         metrics = {k: v for k, v in plan.metrics.items() if k not in _DUPLICATE_METRICS}
         metrics.update(
             diagnostics.entropy_metrics(

@@ -97,7 +97,32 @@ _COLUMNS = (
 )
 
 
-def _summary_row(run: Run) -> dict[str, Any]:
+def _last_evaluations(run: Run) -> list[dict[str, Any]]:
+    """The records of the run's last evaluated step (one per k, e.g. the trainer's k=8 and a
+    later `eval --k 16`)."""
+    if not run.evals:
+        return []
+    step = max(e["step"] for e in run.evals)
+    return [e for e in run.evals if e["step"] == step]
+
+
+def common_k(runs: list[Run]) -> int | None:
+    """The largest k whose pass@k every evaluated run's last evaluation has, or None.
+
+    pass@k from n >= k samples is an unbiased estimate of the same quantity whatever n, so a
+    run evaluated with 16 samples still gives pass@8 beside another run's 8-sample pass@8.
+    """
+    shared = None
+    for run in runs:
+        records = _last_evaluations(run)
+        if not records:
+            continue
+        ks = set().union(*(set(e["pass@k"]) | set(e["avg@k"]) for e in records))
+        shared = ks if shared is None else shared & ks
+    return max(shared) if shared else None
+
+
+def _summary_row(run: Run, k: int | None) -> dict[str, Any]:
     first_entropy = next((row[keys.ENTROPY] for row in run.metrics if keys.ENTROPY in row), None)
     row: dict[str, Any] = {
         "name": run.name,
@@ -113,15 +138,25 @@ def _summary_row(run: Run) -> dict[str, Any]:
         "pass@k": None,
         "k": None,
     }
-    if run.evals:
-        last = run.evals[-1]
-        row["eval_step"] = last["step"]
-        row["greedy_acc"] = last.get("greedy_acc")
-        ks = set(last["avg@k"]) | set(last["pass@k"])
-        if ks:
-            k = max(ks)
-            row.update({"k": k, "avg@k": last["avg@k"].get(k), "pass@k": last["pass@k"].get(k)})
+    records = _last_evaluations(run)
+    if not records:
+        return row
+    own = lambda e: set(e["avg@k"]) | set(e["pass@k"])  # noqa: E731
+    with_k = [e for e in records if k in own(e)] if k is not None else []
+    # at the shared k the record with the most samples (lowest variance); else the largest k
+    pick = max(with_k or records, key=lambda e: (e.get("k", 0), max(own(e), default=0)))
+    row["eval_step"] = pick["step"]
+    row["greedy_acc"] = pick.get("greedy_acc")
+    shown = k if with_k else max(own(pick), default=None)
+    if shown is not None:
+        row.update({"k": shown, "avg@k": pick["avg@k"].get(shown),
+                    "pass@k": pick["pass@k"].get(shown)})  # fmt: skip
     return row
+
+
+def _summary_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    k = common_k(runs)
+    return [_summary_row(run, k) for run in runs]
 
 
 def summary_table(run_dirs: list[Path]) -> list[dict[str, Any]]:
@@ -129,10 +164,12 @@ def summary_table(run_dirs: list[Path]) -> list[dict[str, Any]]:
     greedy_acc, avg@k, pass@k, k.
 
     `entropy` and `reward` are the values of the last training step that logged them
-    (`entropy_start` the first); `greedy_acc`, `avg@k`, `pass@k` come from the last evaluation,
-    avg@k / pass@k at its largest k. Missing values are None.
+    (`entropy_start` the first); `greedy_acc`, `avg@k`, `pass@k` come from the last evaluated
+    step, at one k for all runs: `common_k`, the largest k every run has there (like with like:
+    never one run's pass@16 beside another's pass@8). Only when the runs share no k does each
+    row show its own largest k (the `k` column says which). Missing values are None.
     """
-    return [_summary_row(run) for run in load_runs(run_dirs)]
+    return _summary_rows(load_runs(run_dirs))
 
 
 def _cell(value: Any) -> str:
@@ -256,7 +293,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, title: str | None = Non
     figure_dir.mkdir(parents=True, exist_ok=True)
     title = title or "Entropy dynamics: " + ", ".join(run.name for run in runs)
     sections = _render_figures(runs, figure_dir)
-    rows = [_summary_row(run) for run in runs]
+    rows = _summary_rows(runs)
     md_path = out_dir / "report.md"
     md_path.write_text(_markdown(title, runs, rows, sections), encoding="utf-8")
     (out_dir / "report.html").write_text(_html(title, runs, rows, sections), encoding="utf-8")

@@ -67,10 +67,12 @@ def draw_entropy(runs: list[Run], colors: Colors) -> Drawn:
 
 
 def _last_eval_with(run: Run, key: str) -> dict | None:
-    for row in reversed(run.evals):
-        if row.get(key):
-            return row
-    return None
+    """The last evaluated step's record that has `key`; of several (one per k), the most k."""
+    rows = [row for row in run.evals if row.get(key)]
+    if not rows:
+        return None
+    step = rows[-1]["step"]  # evals are sorted by step
+    return max((row for row in rows if row["step"] == step), key=lambda row: max(row[key]))
 
 
 def draw_reward_accuracy(runs: list[Run], colors: Colors) -> Drawn:
@@ -127,9 +129,14 @@ def _draw_heldout(ax, runs: list[Run], colors: Colors) -> None:
     """Greedy accuracy (solid) and avg@k at each evaluation's largest k (dashed), per run."""
     handles, ks = [], set()
     for run in runs:
-        greedy = [(e["step"], e["greedy_acc"]) for e in run.evals if "greedy_acc" in e]
-        avg = [(e["step"], e["avg@k"][max(e["avg@k"])]) for e in run.evals if e["avg@k"]]
-        ks.update(max(e["avg@k"]) for e in run.evals if e["avg@k"])
+        # one point per step: of several records (one per k), the one with the most samples
+        evals = list(
+            {e["step"]: e for e in sorted(run.evals, key=lambda e: e.get("k", 0))}.values()
+        )
+        evals.sort(key=lambda e: e["step"])
+        greedy = [(e["step"], e["greedy_acc"]) for e in evals if "greedy_acc" in e]
+        avg = [(e["step"], e["avg@k"][max(e["avg@k"])]) for e in evals if e["avg@k"]]
+        ks.update(max(e["avg@k"]) for e in evals if e["avg@k"])
         for points, style in ((greedy, "-"), (avg, "--")):
             if points:
                 steps, values = zip(*points, strict=True)

@@ -135,7 +135,9 @@ class LoggingConfig:
     checkpoint_every: checkpoint cadence; one is always written at the end.
     save_batch_every: save the training batch + plan for `entropy-dynamics lens`.
     tensorboard: also write TensorBoard events when tensorboard is installed.
-    progress: show a progress bar.
+    progress: show progress (a bar on a terminal, plain lines in a log file) and a final summary.
+    warn_no_drop_steps: warn (once) when a filter has dropped no token for this many steps in a
+        row, with the threshold that would drop its configured share (0: never).
     """
 
     run_dir: str = "runs/run"
@@ -146,6 +148,7 @@ class LoggingConfig:
     save_batch_every: int = 0
     tensorboard: bool = True
     progress: bool = True
+    warn_no_drop_steps: int = 20
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,7 @@ def validate(cfg: TrainConfig) -> None:
         "logging.eval_k": cfg.logging.eval_k,
         "logging.checkpoint_every": cfg.logging.checkpoint_every,
         "logging.save_batch_every": cfg.logging.save_batch_every,
+        "logging.warn_no_drop_steps": cfg.logging.warn_no_drop_steps,
     }
     for name, value in non_negative.items():
         if value < 0:
@@ -457,9 +461,17 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
 
 
 def describe_fields() -> str:
-    """Every configurable field with its default, one per line (for `train --help`)."""
+    """Every configurable field with its default, one per line (for `train --help`).
+
+    Read from the dataclass fields, not from a validated TrainConfig(): validation builds the
+    method, which imports torch, and `--help` must stay fast.
+    """
     lines = []
-    for name, value in to_dict(TrainConfig()).items():
+    for top in dataclasses.fields(TrainConfig):
+        value = top.default if top.default_factory is dataclasses.MISSING else top.default_factory()
+        name = top.name
+        if dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
         if isinstance(value, dict):
             for key, default in value.items():
                 lines.append(f"  {name}.{key} = {default!r}")

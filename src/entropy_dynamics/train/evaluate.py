@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from entropy_dynamics.train.progress import Progress
 from entropy_dynamics.train.rollout import sample
 
 
@@ -82,16 +83,19 @@ def evaluate(
     batch_prompts: int = 32,
     correct_threshold: float = 1.0,
     reward_fn=None,
+    progress: bool = False,
 ) -> dict:
     """Sample n responses per held-out problem (and one greedy) and summarise.
 
     A sample is correct when its reward >= correct_threshold. `reward_fn(problem, completion)`
-    defaults to `task.reward` (the trainer passes its safe, timed wrapper).
+    defaults to `task.reward` (the trainer passes its safe, timed wrapper). `progress`: show the
+    prompts done (train.progress.Progress, on stderr).
     """
     if n < 1:
         raise ValueError(f"n={n}: need at least one sample per problem")
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     counts, greedy_correct, rewards = [], 0, []
+    shown = Progress(len(problems), enabled=progress, desc=f"eval k={n}", unit="prompts")
     for start in range(0, len(problems), batch_prompts):
         chunk = problems[start : start + batch_prompts]
         prompts = [task.format_prompt(p) for p in chunk]
@@ -108,6 +112,8 @@ def evaluate(
         greedy_correct += sum(
             x >= correct_threshold for x in _rewards(task, chunk, greedy.texts, 1, reward_fn)
         )
+        shown.update(n=len(chunk))
+    shown.close()
     result = summarise(counts, n)
     result["greedy_acc"] = greedy_correct / len(problems)
     result["reward/mean"] = sum(rewards) / len(rewards)

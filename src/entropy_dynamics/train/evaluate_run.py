@@ -16,11 +16,14 @@ def evaluate_run(
     checkpoint: str | None = None,
     temperature: float | None = None,
     write: bool = True,
+    progress: bool = True,
 ) -> dict:
     """Load RUN_DIR/config.yaml and a checkpoint (default: the latest), evaluate, and return the
-    eval.jsonl record (appended to RUN_DIR/eval.jsonl when `write`)."""
+    eval.jsonl record, written to RUN_DIR/eval.jsonl when `write`: it replaces the record of the
+    same (step, k, checkpoint), so re-running an evaluation never duplicates it. `progress`:
+    show the prompts done on stderr."""
     from entropy_dynamics.train.evaluate import evaluate
-    from entropy_dynamics.train.logging import append_jsonl, warn
+    from entropy_dynamics.train.logging import put_eval_record, warn
     from entropy_dynamics.train.rewards import SafeReward
     from entropy_dynamics.train.setup import build_policy, get_task
 
@@ -42,9 +45,10 @@ def evaluate_run(
         temperature=cfg.rollout.temperature if temperature is None else temperature,
         top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
         seed=cfg.seed + 7919 * state["step"],
-        reward_fn=SafeReward(task, timeout_s=cfg.task.reward_timeout_s),
+        reward_fn=SafeReward(task, timeout_s=cfg.task.reward_timeout_s), progress=progress,
     )  # fmt: skip
-    record = {"step": state["step"], **result}
+    record = {"step": state["step"], "checkpoint": path.name, **result}
+    record["temperature"] = cfg.rollout.temperature if temperature is None else temperature
     if write:
-        append_jsonl(run_dir / "eval.jsonl", record)
+        put_eval_record(run_dir / "eval.jsonl", record)
     return record

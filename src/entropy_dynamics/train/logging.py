@@ -1,4 +1,4 @@
-"""Run logging: crash-safe JSONL (whole records, flushed and fsynced), TensorBoard, progress.
+"""Run logging: crash-safe JSONL (whole records, flushed and fsynced), TensorBoard, warnings.
 
 A `kill -9` can at worst lose the line being written; it never leaves half a line behind
 because each record is one `os.write` of a complete line followed by `fsync`. A write that
@@ -114,6 +114,47 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
     os.replace(tmp, path)
 
 
+EVAL_KEY = ("step", "k", "checkpoint")
+"""What identifies an evaluation in eval.jsonl: re-evaluating it replaces its record."""
+
+
+def eval_key(record: dict) -> tuple:
+    """(step, k, checkpoint) of an eval.jsonl record; `checkpoint` defaults to 'step-<step>'
+    (the weights the trainer evaluated at that step; records written before the field)."""
+    step = record.get("step")
+    return step, record.get("k"), record.get("checkpoint") or f"step-{step}"
+
+
+def put_eval_record(path: str | Path, record: dict) -> None:
+    """Write `record` into eval.jsonl, replacing any record with the same `eval_key`.
+
+    Appends when the key is new (crash-safe, as `append_jsonl`); otherwise rewrites the file
+    atomically (a temporary file, fsynced, renamed over it), so a failed write leaves the old
+    file whole.
+    """
+    path = Path(path)
+    records = read_jsonl(path)
+    key = eval_key(record)
+    if all(eval_key(r) != key for r in records):
+        append_jsonl(path, record)
+        return
+    kept = [r if eval_key(r) != key else record for r in records]
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(_plain(r), allow_nan=False) + "\n" for r in kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise JsonlWriteError(
+            err.errno, f"cannot rewrite {path} to replace the evaluation {key}: "
+            f"{err.strerror or err}; the file was left as it was",
+        ) from None  # fmt: skip
+
+
 class RunLogger:
     """Writes step metrics to metrics.jsonl (+ TensorBoard) and evaluations to eval.jsonl."""
 
@@ -137,7 +178,8 @@ class RunLogger:
                     self.writer.add_scalar(name, value, step)
 
     def log_eval(self, step: int, result: dict) -> None:
-        append_jsonl(self.run_dir / "eval.jsonl", {"step": step, **result})
+        record = {"step": step, "checkpoint": f"step-{step}", **result}
+        put_eval_record(self.run_dir / "eval.jsonl", record)
         if self.writer is not None:
             for key in ("avg@k", "pass@k"):
                 for k, value in result.get(key, {}).items():
@@ -150,30 +192,9 @@ class RunLogger:
             self.writer.close()
 
 
-class Progress:
-    """A tqdm progress bar when tqdm is installed and enabled, else silent."""
-
-    def __init__(self, total: int, initial: int = 0, *, enabled: bool = True, desc: str = ""):
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                return
-            self.bar = tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, leave=False)
-
-    def update(self, metrics: dict) -> None:
-        if self.bar is None:
-            return
-        shown = {k.split("/")[0]: f"{float(v):.3g}" for k, v in metrics.items()}  # "reward": ...
-        self.bar.set_postfix(shown)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+WARNING_PREFIX = "[entropy-dynamics] warning: "
 
 
 def warn(message: str) -> None:
     """A warning on stderr that stays readable beside a progress bar."""
-    print(f"[entropy-dynamics] warning: {message}", file=sys.stderr, flush=True)
+    print(f"{WARNING_PREFIX}{message}", file=sys.stderr, flush=True)

@@ -44,8 +44,9 @@ from entropy_dynamics.token_stats import token_stats, token_stats_from_hidden
 from entropy_dynamics.train import checkpoint as ckpt
 from entropy_dynamics.train.config import TrainConfig, config_warnings, save_config
 from entropy_dynamics.train.evaluate import evaluate
-from entropy_dynamics.train.logging import Progress, RunLogger, truncate_jsonl, warn
+from entropy_dynamics.train.logging import WARNING_PREFIX, RunLogger, truncate_jsonl, warn
 from entropy_dynamics.train.probe import entropy_probe
+from entropy_dynamics.train.progress import Progress, run_summary
 from entropy_dynamics.train.rollout import response_hidden, response_logits, sample
 from entropy_dynamics.train.rundir import claim_run_dir
 from entropy_dynamics.train.setup import (  # noqa: F401 (build_policy: tests rebuild a policy)
@@ -57,6 +58,7 @@ from entropy_dynamics.train.setup import (  # noqa: F401 (build_policy: tests re
     stats_from_hidden,
     weight_norm,
 )
+from entropy_dynamics.train.watch import RunWatch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -103,11 +105,14 @@ def _train(cfg: TrainConfig, *, resume: bool, task) -> Path:
     interrupted = {"flag": False, "by": ""}
     previous_handlers = _catch_stop_signals(interrupted)
     progress = Progress(cfg.steps, initial=run.step, enabled=cfg.logging.progress, desc="train")
+    run.watch = RunWatch(run.method, no_drop_steps=cfg.logging.warn_no_drop_steps,
+                         warn=lambda message: progress.write(WARNING_PREFIX + message))  # fmt: skip
     every = lambda n: bool(n) and run.step % n == 0  # noqa: E731
-    first_step = run.step
+    first_step, started = run.step, time.monotonic()
+    shown, evaluation = {}, None  # the first and last step's shown metrics, the last evaluation
     try:
         if run.step == 0 and cfg.logging.eval_every:
-            _evaluate(run, logger)
+            evaluation = _evaluate(run, logger)
         while run.step < cfg.steps and not interrupted["flag"]:
             problems = [
                 run.train_problems[i] for i in problem_order(len(run.train_problems), cfg, run.step)
@@ -119,9 +124,11 @@ def _train(cfg: TrainConfig, *, resume: bool, task) -> Path:
             else:
                 run.nonfinite = 0
             logger.log_step(run.step, metrics)
-            progress.update({k: v for k, v in metrics.items() if k in _SHOWN})
+            shown["last"] = {k: v for k, v in metrics.items() if k in _SHOWN}
+            shown.setdefault("first", shown["last"])
+            progress.update(shown["last"])
             if every(cfg.logging.eval_every):
-                _evaluate(run, logger)
+                evaluation = _evaluate(run, logger)
             if every(cfg.logging.checkpoint_every):
                 _save(run)
         if run.step == first_step:  # a finished run resumed, or Ctrl-C before the first step
@@ -133,8 +140,15 @@ def _train(cfg: TrainConfig, *, resume: bool, task) -> Path:
                 f"{interrupted['by']} at step {run.step}; checkpoint saved, continue with --resume"
             )
         elif not every(cfg.logging.eval_every):
-            _evaluate(run, logger)  # every run ends with an evaluation
+            evaluation = _evaluate(run, logger)  # every run ends with an evaluation
         _save(run)
+        progress.close()
+        if cfg.logging.progress:
+            summary = run_summary(run.run_dir, steps=(first_step, run.step),
+                                  elapsed_s=time.monotonic() - started, first=shown["first"],
+                                  last=shown["last"], evaluation=evaluation,
+                                  notes=run.watch.summary())  # fmt: skip
+            progress.write("\n".join(summary))
     finally:
         for name, handler in previous_handlers.items():
             signal.signal(getattr(signal, name), handler)
@@ -219,18 +233,19 @@ def _save(run: Run) -> None:
     )  # fmt: skip
 
 
-def _evaluate(run: Run, logger: RunLogger) -> None:
+def _evaluate(run: Run, logger: RunLogger) -> dict | None:
     """Held-out avg@k / pass@k / greedy accuracy, with its own RNG (training RNG untouched)."""
     cfg = run.cfg
     if not (cfg.logging.eval_k and run.eval_problems):
-        return
+        return None
     result = evaluate(
         run.model, run.tokenizer, run.task, run.eval_problems, n=cfg.logging.eval_k,
         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
         max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.seed + 7919 * run.step,
-        reward_fn=run.reward,
+        reward_fn=run.reward, progress=cfg.logging.progress,
     )  # fmt: skip
     logger.log_eval(run.step, result)
+    return {"step": run.step, **result}
 
 
 def _skip_nonfinite(run: Run) -> dict:
@@ -279,6 +294,8 @@ def train_step(run: Run, problems: list) -> dict | None:
         baseline=stats.baseline, ref_logprobs=ref_logprobs,
     )  # fmt: skip
     plan = run.method.plan(batch)
+    if run.watch is not None:  # warns once when a filter idles or a step has no signal
+        run.watch.observe(step, batch, plan.metrics, rewards=rewards)
     probing = bool(cfg.logging.probe_every) and step % cfg.logging.probe_every == 0
     old_logits = _output_logits(run, head_input) if probing else None  # before the update
 

@@ -187,6 +187,7 @@ class Run:
     step: int = 0
     nonfinite: int = 0  # consecutive steps skipped for a non-finite loss
     weight_norm_start: float = 0.0  # global weight norm when this process started training
+    watch: object | None = None  # train.watch.RunWatch: warnings that need the run's history
 
 
 def build_run(cfg: TrainConfig, *, task=None) -> Run:
