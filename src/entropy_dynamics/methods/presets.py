@@ -58,6 +58,20 @@ PRESETS = {
         "(that paper trains with DAPO; add 'ppo(eps_high=0.28)' for its setting). TRL's "
         "top_entropy_quantile is 'top_entropy(denominator='valid')'.",
     ),
+    "clip_low": (
+        "ppo(eps_low=0.1)",
+        "Clip-low (Park et al. 2025, arXiv 2509.26114): the lower clip bound raised to "
+        "1 - 0.1 (clip-high left at 1 + 0.2), the 'more aggressive clip-low' the paper uses to "
+        "raise entropy. The paper's direction is confirmed (clip-low raises entropy, clip-high "
+        "lowers it); the value 0.1 is ours, not read from its experiments (docs/anchors.md).",
+    ),
+    "entropy_advantage": (
+        "ppo + entropy_advantage",
+        "Entropy-based advantage shaping (Cheng et al. 2025, arXiv 2506.14758): per token "
+        "A + min(alpha H.detach(), |A| / kappa), alpha 0.4, kappa 2, on the default PPO clip "
+        "(0.2); applied as the per-token weight A' / A of the surrogate (exact: kappa > 1 keeps "
+        "the sign of A).",
+    ),
     "ce_gppo": (
         "ce_gppo(dual_clip=10.0)",
         "CE-GPPO (Su et al. 2025, arXiv 2509.20712): clipped tokens keep a bounded gradient, "

@@ -1,4 +1,5 @@
-"""Advantage-sign parts: per-token reweighting (``adv_weight``) and W-REINFORCE's advantages."""
+"""Advantage parts: per-token reweighting (``adv_weight``, ``entropy_advantage``) and
+W-REINFORCE's advantages."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ from ._checks import check_number
 from .base import Advantage, Reweight, TokenBatch
 from .registry import register
 
-__all__ = ["AdvWeight", "WReinforce", "advantage_sign_weight"]
+__all__ = [
+    "AdvWeight",
+    "EntropyAdvantage",
+    "WReinforce",
+    "advantage_sign_weight",
+    "entropy_shaped_advantages",
+]
 
 # The estimator's signature holds the defaults; the part reads them from there (defaults once).
 _W_REINFORCE = inspect.signature(w_reinforce_advantages).parameters
@@ -74,3 +81,54 @@ class WReinforce(Advantage):
         return w_reinforce_advantages(
             rewards, group_size, pos_weight=self.pos_weight, neg_weight=self.neg_weight
         )
+
+
+def entropy_shaped_advantages(
+    advantages: Tensor, entropy: Tensor, *, alpha: float = 0.4, kappa: float = 2.0
+) -> Tensor:
+    """Cheng et al. 2025 (arXiv 2506.14758): ``A_t + min(alpha * H_t.detach(), |A_t| / kappa)``.
+
+    ``advantages, entropy``: ``[B, T]``. The term is >= 0, never larger than ``|A_t| / kappa``,
+    and carries no gradient. With ``kappa > 1`` it never changes the sign of ``A_t`` (and is 0
+    where ``A_t = 0``). Example: A = -1, H = 2, alpha 0.4, kappa 2: -1 + min(0.8, 0.5) = -0.5.
+    """
+    term = torch.minimum(alpha * entropy.detach(), advantages.abs() / kappa)
+    return advantages + term.to(advantages.dtype)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class EntropyAdvantage(Reweight):
+    """``entropy_advantage``: entropy-based advantage shaping (Cheng et al. 2025, arXiv
+    2506.14758), ``A'_t = A_t + min(alpha H_t.detach(), |A_t| / kappa)`` per token.
+
+    Why a reweight: the shaped advantage is per token, so it does not fit the per-response
+    ``Advantage`` part, and handing the surrogate a second advantage would change ``Plan`` and
+    every adapter. It needs neither: because ``kappa > 1`` keeps ``sign(A'_t) = sign(A_t)``,
+    ``A'_t = w_t A_t`` with ``w_t = A'_t / A_t = 1 + sign(A_t) min(alpha H_t, |A_t| / kappa) / |A_t|``
+    in ``[1 - 1/kappa, 1 + 1/kappa]`` (1 where ``A_t = 0``), and every registered surrogate is
+    positively homogeneous in A with its clip branches chosen by the sign of A (PPO, dual clip,
+    CE-GPPO, pg: ``loss(c A) = c loss(A)`` for ``c > 0``; tested for each). So scaling the
+    surrogate's per-token loss by ``w_t`` is exactly the surrogate evaluated at ``A'``, with the
+    same clip masks; regularisers that read A (``entropic``) still see the unshaped A.
+    ``H_t`` is ``TokenBatch.entropy`` (the policy the batch is planned with, before the update).
+    ``kappa <= 1`` is refused: the term could then flip a negative advantage's sign.
+    Defaults: alpha 0.4, kappa 2 (see docs/anchors.md for what was confirmed).
+    """
+
+    name: ClassVar[str] = "entropy_advantage"
+    alpha: float = 0.4
+    kappa: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_number(self.name, "alpha", self.alpha, low=0.0)
+        check_number(self.name, "kappa", self.kappa, low=1.0, low_open=True)
+
+    def weight(self, batch: TokenBatch) -> Tensor:
+        dtype = torch.float64 if batch.advantages.dtype == torch.float64 else torch.float32
+        advantages = batch.advantages.to(dtype)
+        shaped = entropy_shaped_advantages(
+            advantages, batch.entropy.to(dtype), alpha=self.alpha, kappa=self.kappa
+        )
+        nonzero = advantages != 0
+        return torch.where(nonzero, shaped / torch.where(nonzero, advantages, 1.0), 1.0)
