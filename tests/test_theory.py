@@ -200,3 +200,15 @@ def test_leading_dims_and_tensor_steps():
 def test_bad_input_is_explained(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_nominal_step_is_lr_ratio_advantage_keep_weight():
+    A = torch.tensor([[1.0, -2.0, 0.5]])
+    r = torch.tensor([[1.0, 2.0, 0.5]])
+    keep = torch.tensor([[True, True, False]])
+    w = torch.tensor([[0.1, 1.0, 1.0]])
+    got = th.nominal_step(0.1, A, ratio=r, keep=keep, weight=w)
+    assert torch.allclose(got, torch.tensor([[0.1 * 1 * 1 * 0.1, 0.1 * 2 * -2, 0.0]]))
+    assert torch.equal(th.nominal_step(0.5, A), 0.5 * A)  # on-policy, nothing dropped
+    with pytest.raises(ValueError, match="lr"):
+        th.nominal_step(float("nan"), A)

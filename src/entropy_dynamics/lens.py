@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from . import methods as methods_registry
+from . import theory
 from .distributed import global_sum
 from .methods import TokenBatch
 
@@ -40,7 +41,7 @@ def token_contributions(batch: TokenBatch, *, lr: float, ratio: Tensor | None = 
         raise ValueError(
             f"ratio must be [B, T] = {tuple(batch.mask.shape)}, got {tuple(ratio.shape)}"
         )
-    alpha = lr * ratio * batch.advantages
+    alpha = theory.nominal_step(lr, batch.advantages, ratio=ratio)
     contribution = -alpha * (batch.discriminator - batch.baseline)
     return torch.where(batch.mask, contribution.detach(), 0.0)
 

@@ -31,6 +31,7 @@ __all__ = [
     "exact_grpo_step_change",
     "exact_single_logit_change",
     "grpo_step_delta",
+    "nominal_step",
     "predict_entropy_change",
     "predict_grpo_step_change",
     "predict_single_logit_change",
@@ -167,6 +168,33 @@ def predict_grpo_step_change(logits: Tensor, token: Tensor, alpha: float | Tenso
     alpha = _check_step(alpha, "alpha")
     S_k = discriminator(z).gather(-1, k.unsqueeze(-1)).squeeze(-1)
     return -torch.as_tensor(alpha, dtype=z.dtype) * (S_k - vocab_baseline(z))
+
+
+def nominal_step(
+    lr: float,
+    advantages: Tensor,
+    *,
+    ratio: Tensor | None = None,
+    keep: Tensor | None = None,
+    weight: Tensor | None = None,
+) -> Tensor:
+    """Theorem 3.3's step size per token: `alpha_t = lr * r_t * A_t * keep_t * w_t`.
+
+    The step a policy-gradient update gives token `t`'s own logit (before the optimiser's
+    preconditioning): `lr` the learning rate, `ratio` r `[B, T]` (1 = on-policy, the default),
+    `advantages` A `[B, T]`, `keep` a bool `[B, T]` (0 for tokens a method drops; default all)
+    and `weight` `[B, T]` (a method's reweighting; default 1). Returns `[B, T]`; pass it as
+    `alpha` to `predict_grpo_step_change` or the lens. The trainer's probe, the TRL adapter and
+    the lens all take their alpha from here.
+    """
+    alpha = _check_step(lr, "lr") * advantages
+    if ratio is not None:
+        alpha = alpha * ratio
+    if keep is not None:
+        alpha = alpha * keep.to(alpha.dtype)
+    if weight is not None:
+        alpha = alpha * weight.to(alpha.dtype)
+    return alpha
 
 
 def grpo_step_delta(logits: Tensor, token: Tensor, alpha: float | Tensor) -> Tensor:

@@ -38,8 +38,10 @@ from entropy_dynamics import diagnostics, methods, models
 from entropy_dynamics.aggregation import aggregate
 from entropy_dynamics.distributed import global_sum
 from entropy_dynamics.methods import Plan, TokenBatch
+from entropy_dynamics.theory import nominal_step
 from entropy_dynamics.token_stats import token_stats_from_hidden
 from entropy_dynamics.train.logging import warn
+from entropy_dynamics.train.probe import entropy_probe
 from entropy_dynamics.train.watch import RunWatch
 
 __all__ = ["EntropyDynamicsCallback", "EntropyGRPOConfig", "EntropyGRPOTrainer"]
@@ -392,8 +394,6 @@ class EntropyGRPOTrainer(GRPOTrainer):
 
     def probe_after_step(self) -> None:
         """Measured vs predicted entropy change of the probed micro-batch, into the metrics."""
-        from entropy_dynamics.train.probe import entropy_probe
-
         inputs, old_logits, lr = self._probe
         self._probe = None
         advantages = inputs["advantages"]
@@ -401,7 +401,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
             advantages = advantages.unsqueeze(1)
         keep = inputs[KEEP_KEY]
         # Theorem 3.3's nominal step alpha = lr * r * A * w; r = 1: the plan is made on-policy
-        alpha = lr * advantages.expand_as(keep) * keep * inputs[WEIGHT_KEY]
+        alpha = nominal_step(lr, advantages.expand_as(keep), keep=keep, weight=inputs[WEIGHT_KEY])
         mask = inputs["completion_mask"].bool()
         metrics = entropy_probe(
             old_logits,
@@ -535,15 +535,13 @@ class EntropyDynamicsCallback(TrainerCallback):
     def on_optimizer_step(self, args, state, control, **kwargs):
         if self._before is None:
             return
-        from entropy_dynamics.train.probe import entropy_probe
-
         inputs, old_logits, lr = self._before
         self._before = None
         with self._quiet():
             new_logits = _completion_logits(self.trainer, inputs)
         mask = _loss_mask(inputs)
         # Theorem 3.3's nominal step alpha = lr * r * A on each loss token; r = 1 on-policy
-        alpha = lr * _row_advantages(inputs).expand_as(mask) * mask
+        alpha = nominal_step(lr, _row_advantages(inputs).expand_as(mask), keep=mask)
         metrics = entropy_probe(
             old_logits,
             new_logits,

@@ -40,6 +40,7 @@ from entropy_dynamics.aggregation import aggregate
 from entropy_dynamics.clamped_entropy import clamped_entropy, clamped_entropy_from_hidden
 from entropy_dynamics.methods import TokenBatch
 from entropy_dynamics.models import model_output_layer
+from entropy_dynamics.theory import nominal_step
 from entropy_dynamics.token_stats import token_stats, token_stats_from_hidden
 from entropy_dynamics.train import checkpoint as ckpt
 from entropy_dynamics.train.config import TrainConfig, config_warnings, save_config
@@ -316,7 +317,8 @@ def train_step(run: Run, problems: list) -> dict | None:
             new_logits = response_logits(run.model, rollout.input_ids, rollout.attention_mask,
                                          mask.shape[1])  # fmt: skip
         ratio = torch.ones_like(old_logprobs)  # the plan's ratio: on-policy at plan time
-        alpha = update[dg.OPTIM_LR] * ratio * advantages * plan.keep * plan.weight
+        alpha = nominal_step(update[dg.OPTIM_LR], advantages, ratio=ratio, keep=plan.keep,
+                             weight=plan.weight)  # fmt: skip
         metrics.update(entropy_probe(old_logits, new_logits, rollout.response_ids, mask, alpha,
                                      temperature=cfg.rollout.temperature))  # fmt: skip
         save_step_data(run.run_dir, step, batch, plan, kind="dist")
