@@ -191,8 +191,9 @@ def test_gradient_through_a_sliced_view():
 
 
 def test_worker_threads_match_one_thread():
-    """With several torch threads the CPU pass splits chunks among worker threads: same values,
-    same gradients, and torch's thread count is restored afterwards."""
+    """With several torch threads the eager CPU pass splits chunks among worker threads: same
+    values, same gradients, and torch's thread count is restored afterwards (the compiled
+    chunks parallelise inside each kernel instead: test_token_stats_compiled.py)."""
     gen = torch.Generator().manual_seed(11)
     logits = (torch.randn(2, 16, 70_000, generator=gen) * 3).requires_grad_()  # 2.2 M logits
     labels = torch.randint(0, 70_000, (2, 16), generator=gen)
@@ -202,7 +203,7 @@ def test_worker_threads_match_one_thread():
     for threads in (1, 3):
         torch.set_num_threads(threads)
         try:
-            stats = token_stats(logits, labels, chunk_size=1, temperature=0.9)
+            stats = token_stats(logits, labels, chunk_size=1, temperature=0.9, backend="torch")
             (stats.logprobs.sum() + stats.entropy.sum()).backward()
             assert torch.get_num_threads() == threads
         finally:

@@ -191,10 +191,11 @@ def test_from_hidden_without_bias_frozen_weight_odd_sizes():
     assert weight.grad is None and (hidden.grad[3, 0] == 0).all()
 
 
-def test_auto_takes_torch_on_cpu_and_unknown_backends_are_refused():
-    assert resolve_backend("auto", torch.device("cpu")) is TORCH
+def test_auto_takes_torch_on_cpu_and_unknown_backends_are_refused(monkeypatch):
+    monkeypatch.delenv("ENTROPY_DYNAMICS_COMPILE", raising=False)
+    assert resolve_backend("auto", torch.device("cpu")) is TORCH  # a small pass: not compiled
     assert isinstance(resolve_backend("triton", torch.device(DEVICE)), TritonBackend)
-    with pytest.raises(ValueError, match="'auto', 'torch', 'triton'"):
+    with pytest.raises(ValueError, match="'auto', 'torch', 'inductor', 'triton'"):
         token_stats(torch.zeros(1, 1, 3), torch.zeros(1, 1, dtype=torch.long), backend="cuda")
 
 

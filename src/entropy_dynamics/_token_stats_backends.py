@@ -1,6 +1,6 @@
-"""The two ways to stream the logits behind `token_stats`: torch row chunks, or Triton kernels.
+"""The ways to stream the logits behind `token_stats`: torch row chunks (eager or compiled), Triton.
 
-Both backends give the same four operations on the `n` counted rows (packed row-major), and the
+The backends give the same four operations on the `n` counted rows (packed row-major), and the
 autograd functions in `_token_stats_autograd` use them without knowing which one runs:
 
     logits_sums(logits, labels, valid, runs, ...)   -> (RowSums, label logits [n])
@@ -17,12 +17,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._token_stats_compiled import COMPILED_CHUNK_ELEMENTS, FUSED
 from ._token_stats_kernels import (
     Chunk,
     RowSums,
     Workspace,
     chunk_grad,
     chunk_stats,
+    default_chunk_rows,
     plan_chunks,
     row_blocks,
     run_chunks,
@@ -49,6 +51,15 @@ class TorchBackend:
 
     name = "torch"
 
+    def chunk_rows(self, device: torch.device, vocab_size: int) -> int:
+        """Default rows per statistics chunk."""
+        return default_chunk_rows(device, vocab_size)
+
+    # The two per-chunk kernels; `CompiledBackend` replaces them with fused compiled loops.
+    split_threads = True  # worker threads take whole chunks (`run_chunks`)
+    chunk_stats = staticmethod(chunk_stats)
+    chunk_grad = staticmethod(chunk_grad)
+
     def logits_sums(self, logits, labels, valid, runs, inv_tau, chunk_rows, cdtype):
         blocks = row_blocks(logits)
         n = labels.shape[0]
@@ -57,7 +68,7 @@ class TorchBackend:
 
         def body(chunk: Chunk, work: Workspace) -> None:
             z = blocks[chunk.block][1].narrow(0, chunk.local, chunk.rows)
-            chunk_stats(z, chunk.packed, sums, work, inv_tau)
+            self.chunk_stats(z, chunk.packed, sums, work, inv_tau)
             rows = slice(chunk.packed, chunk.packed + chunk.rows)
             label_logits[rows] = z.gather(1, labels[rows, None]).squeeze(1)
 
@@ -68,6 +79,7 @@ class TorchBackend:
             vocab_size=logits.shape[-1],
             dtype=cdtype,
             device=logits.device,
+            split=self.split_threads,
         )
         return sums, label_logits
 
@@ -79,7 +91,7 @@ class TorchBackend:
         def body(chunk: Chunk, work: Workspace) -> None:
             z = blocks[chunk.block][1].narrow(0, chunk.local, chunk.rows)
             out = grad_rows.narrow(0, chunk.flat, chunk.rows)
-            chunk_grad(z, chunk.packed, *per_row, out, work, inv_tau)
+            self.chunk_grad(z, chunk.packed, *per_row, out, work, inv_tau)
 
         run_chunks(
             plan_chunks(blocks, runs, chunk_rows),
@@ -88,6 +100,7 @@ class TorchBackend:
             vocab_size=vocab,
             dtype=per_row[1].dtype,
             device=logits.device,
+            split=self.split_threads,
         )
 
     def hidden_sums(self, hidden, weight, bias, labels, inv_tau, block_rows, chunk_rows, cdtype):
@@ -104,11 +117,10 @@ class TorchBackend:
 
     # The block helpers keep their chunk views local, so that a block's logits are freed as
     # soon as the caller drops them (a view left in a loop variable would keep two alive).
-    @staticmethod
-    def _block_stats(logits, start, sums, inv_tau, chunk_rows, dtype) -> None:
+    def _block_stats(self, logits, start, sums, inv_tau, chunk_rows, dtype) -> None:
         def body(chunk: Chunk, work: Workspace) -> None:
             z = logits.narrow(0, chunk.local, chunk.rows)
-            chunk_stats(z, chunk.packed, sums, work, inv_tau)
+            self.chunk_stats(z, chunk.packed, sums, work, inv_tau)
 
         run_chunks(
             _inner_chunks(start, logits.shape[0], chunk_rows),
@@ -117,6 +129,7 @@ class TorchBackend:
             vocab_size=logits.shape[1],
             dtype=dtype,
             device=logits.device,
+            split=self.split_threads,
         )
 
     def block_grad(self, logits, start, per_row, inv_tau, chunk_rows):
@@ -127,7 +140,7 @@ class TorchBackend:
         def body(chunk: Chunk, work: Workspace) -> None:
             z = logits.narrow(0, chunk.local, chunk.rows)
             out = grad_logits.narrow(0, chunk.local, chunk.rows)
-            chunk_grad(z, chunk.packed, *per_row, out, work, inv_tau)
+            self.chunk_grad(z, chunk.packed, *per_row, out, work, inv_tau)
 
         run_chunks(
             _inner_chunks(start, logits.shape[0], chunk_rows),
@@ -136,8 +149,44 @@ class TorchBackend:
             vocab_size=logits.shape[1],
             dtype=dtype,
             device=logits.device,
+            split=self.split_threads,
         )
         return grad_logits
+
+
+class CompiledBackend(TorchBackend):
+    """The same row chunks, each reduced by one fused loop compiled by `torch.compile`.
+
+    `FUSED.ready` has compiled the functions for the dtype before a pass starts (the caller
+    falls back to `TORCH` where it cannot). A compiled kernel holds the GIL while it runs, so
+    worker threads would take turns: the chunks stay in the calling thread and each kernel
+    splits its rows over torch's threads (OpenMP) instead.
+    """
+
+    name = "inductor"
+    split_threads = False
+
+    def chunk_rows(self, device: torch.device, vocab_size: int) -> int:
+        if device.type != "cpu":
+            return default_chunk_rows(device, vocab_size)
+        return max(1, COMPILED_CHUNK_ELEMENTS // max(vocab_size, 1))
+
+    @staticmethod
+    def chunk_stats(z, start, sums, work, inv_tau) -> None:
+        sums.stacked[:, start : start + z.shape[0]] = FUSED.sums(z, inv_tau)
+
+    @staticmethod
+    def chunk_grad(z, start, labels, m, log_s, coef_x, coef_const, grad_label, out, work, inv_tau):
+        rows = slice(start, start + z.shape[0])
+        buffer = work.views(z.shape[0])[0]
+        # Straight into `out` when it has the compute dtype and is not `z` itself (from hidden
+        # states the gradient overwrites the block's logits); else through a cached buffer.
+        direct = out.dtype == buffer.dtype and out.data_ptr() != z.data_ptr()
+        target = out if direct else buffer
+        FUSED.grad(z, m[rows], log_s[rows], coef_x[rows], coef_const[rows], inv_tau, target)
+        target.scatter_add_(1, labels[rows, None], grad_label[rows, None])
+        if target is not out:
+            out.copy_(target)
 
 
 def row_offsets(logits: Tensor, valid: Tensor) -> Tensor:
@@ -163,6 +212,10 @@ class TritonBackend:
 
     def __init__(self, kernels):
         self.k = kernels  # the `_token_stats_triton` module (imported only when asked for)
+
+    def chunk_rows(self, device: torch.device, vocab_size: int) -> int:
+        """Rows per backward matmul block from hidden states (the kernels take whole rows)."""
+        return default_chunk_rows(device, vocab_size)
 
     def _acc(self, dtype: torch.dtype):
         import triton.language as tl
@@ -277,3 +330,4 @@ def triton_cdiv(a: int, b: int) -> int:
 
 
 TORCH = TorchBackend()
+COMPILED = CompiledBackend()

@@ -78,10 +78,10 @@ class RowSums:
     """Per-row sums of the forward pass, `[n]` each, for `n` rows handled in chunks."""
 
     def __init__(self, n: int, dtype: torch.dtype, device: torch.device):
-        def new() -> Tensor:
-            return torch.zeros(n, dtype=dtype, device=device)
-
-        self.m, self.s, self.t, self.u, self.w = new(), new(), new(), new(), new()
+        # One [5, n] block whose rows are the five sums, so a fused chunk kernel's `[5, c]`
+        # result lands in one copy; `rescale_to` and the vocabulary split rebind the names.
+        self.stacked = torch.zeros(5, n, dtype=dtype, device=device)
+        self.m, self.s, self.t, self.u, self.w = self.stacked.unbind(0)
 
     def rescale_to(self, new_m: Tensor, inv_tau: float) -> None:
         """Re-express the sums at a row max `new_m >= m`, i.e. as sums of `(z_i - new_m) / tau`.
@@ -123,6 +123,43 @@ def chunk_stats(z: Tensor, start: int, sums: RowSums, work: Workspace, inv_tau: 
     torch.sum(ex, dim=-1, out=sums.t[rows])
     torch.linalg.vecdot(e, e, out=sums.u[rows])
     torch.linalg.vecdot(ex, e, out=sums.w[rows])
+
+
+def fused_chunk_sums(z: Tensor, inv_tau: Tensor) -> Tensor:
+    """`[5, c]`: the unscaled row max `m` and the sums `s, t, u, w` of logits `z [c, V]`.
+
+    The formulas of `chunk_stats` as plain ops, for `torch.compile` to fuse into one loop per
+    row (one `exp` per logit, the four sums kept in registers; `_token_stats_compiled`).
+    `inv_tau` is a 0-dim tensor in the compute dtype, which is also the dtype of the result.
+    """
+    zc = z.to(inv_tau.dtype)  # bf16/fp16 upcast per element inside the loop
+    m = zc.amax(dim=-1, keepdim=True)  # [c, 1]
+    x = (zc - m) * inv_tau
+    e = torch.exp(x)
+    ex = e * x
+    return torch.stack([m.squeeze(-1), e.sum(-1), ex.sum(-1), (e * e).sum(-1), (ex * e).sum(-1)])
+
+
+def fused_chunk_grad(
+    z: Tensor,
+    m: Tensor,
+    log_s: Tensor,
+    coef_x: Tensor,
+    coef_const: Tensor,
+    inv_tau: Tensor,
+    out: Tensor,
+) -> None:
+    """Write `p_j (coef_x x_j + coef_const)` into `out [c, V]`: `chunk_grad` before its label term.
+
+    The same formula as plain ops, for `torch.compile` to fuse into one loop that writes `out`
+    in place. `z [c, V]`; `m`, `log_s`, `coef_x`, `coef_const` are the chunk's `[c]` slices;
+    `inv_tau` a 0-dim tensor and `out` a tensor not overlapping `z`, both in the compute dtype.
+    The caller adds `grad_label` at each row's label (`chunk_grad`'s `scatter_add_`): a
+    comparison against a column index inside the loop costs more than the whole loop.
+    """
+    x = (z.to(out.dtype) - m[:, None]) * inv_tau
+    p = torch.exp(x - log_s[:, None])
+    out.copy_((x * coef_x[:, None] + coef_const[:, None]) * p)
 
 
 def chunk_grad(
@@ -234,6 +271,7 @@ def run_chunks(
     vocab_size: int,
     dtype: torch.dtype,
     device: torch.device,
+    split: bool = True,
 ) -> None:
     """Call `body(chunk, workspace)` for every chunk (each writes only its own rows' results).
 
@@ -242,9 +280,10 @@ def run_chunks(
     parallelised inside (OpenMP) would synchronise all threads about ten times per chunk, which
     on a busy machine (a descheduled thread stalls the others) made the pass 4x slower than one
     thread; whole chunks per thread need no synchronisation. torch's thread count is set to 1
-    for the duration and restored afterwards.
+    for the duration and restored afterwards. `split=False` keeps every chunk in the calling
+    thread (compiled kernels hold the GIL while they run, and parallelise inside instead).
     """
-    workers = min(torch.get_num_threads(), len(chunks)) if device.type == "cpu" else 1
+    workers = min(torch.get_num_threads(), len(chunks)) if device.type == "cpu" and split else 1
     if workers <= 1 or len(chunks) * rows * vocab_size < PARALLEL_MIN_ELEMENTS:
         work = Workspace(rows, vocab_size, dtype, device)
         for chunk in chunks:

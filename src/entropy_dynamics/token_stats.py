@@ -32,14 +32,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from . import _token_stats_compiled as compiled
 from ._token_stats_autograd import HiddenStats, LogitsStats
-from ._token_stats_backends import TORCH, TritonBackend
-from ._token_stats_kernels import (
-    compute_dtype_for,
-    default_block_rows,
-    default_chunk_rows,
-    valid_runs,
-)
+from ._token_stats_backends import COMPILED, TORCH, TritonBackend
+from ._token_stats_kernels import compute_dtype_for, default_block_rows, valid_runs
 
 __all__ = ["TokenStats", "discriminator_from_logprobs", "token_stats", "token_stats_from_hidden"]
 
@@ -73,15 +69,19 @@ def token_stats(
         labels: `[B, T]` integer token ids `k` in `[0, V)` at counted positions.
         temperature: `p = softmax(logits / temperature)`; must be > 0.
         chunk_size: rows of `[V]` logits per chunk (default: about 0.5 M logits on CPU, 3 rows
-            at V = 151936; 16 M on an accelerator). Results do not depend on it beyond
-            float rounding.
+            at V = 151936, or 1 M compiled; 16 M on an accelerator). Results do not depend on
+            it beyond float rounding.
         mask: optional `[B, T]` bool (or 0/1 integer): True for counted positions.
         ignore_index: positions whose label equals it are ignored as well.
-        backend: `"auto"` (Triton on CUDA tensors when triton is importable, torch otherwise),
-            `"torch"` (row chunks of torch ops; `chunk_size` applies) or `"triton"` (fused
-            kernels, one read of the logits forward and one more backward; on CPU tensors
-            only under Triton's interpreter, `TRITON_INTERPRET=1`). Same results up to float
-            rounding.
+        backend: `"auto"` (Triton on CUDA tensors when triton is importable; on CPU
+            `"inductor"` for passes of at least 16 M logits with one torch thread, `"torch"`
+            otherwise, see
+            `ENTROPY_DYNAMICS_COMPILE` in docs/token_stats.md), `"torch"` (row chunks of
+            eager torch ops; `chunk_size` applies), `"inductor"` (the same row chunks, each
+            one loop compiled by `torch.compile`, cached across processes) or `"triton"`
+            (fused kernels, one read of the logits forward and one more backward; on CPU
+            tensors only under Triton's interpreter, `TRITON_INTERPRET=1`). Same results up
+            to float rounding.
 
     Returns:
         `TokenStats(logprobs, entropy, discriminator, baseline)`, each `[B, T]`, fp32 (fp64 for
@@ -92,7 +92,8 @@ def token_stats(
     Raises:
         ValueError: on a wrong type, dtype or shape, labels outside `[0, V)` at counted
             positions, NaN or +-inf logits in a counted row, `temperature <= 0`, `chunk_size <= 0`,
-            an unknown `backend`, or `backend="triton"` where Triton cannot run.
+            an unknown `backend`, `backend="triton"` where Triton cannot run, or
+            `backend="inductor"` where `torch.compile` cannot build its kernels.
 
     Differs from the paper: not in value. `N` and `S_*` are evaluated in forms algebraically
     equal to Thm 3.3 / 3.2 that avoid `log sum exp` rounding (see `_token_stats_kernels`), and
@@ -116,9 +117,11 @@ def logits_stats(logits, labels, temperature, chunk_size, mask, ignore_index, ba
         logits.device,
     )
     inv_tau = _inverse_temperature(temperature)
-    chunk_rows = _chunk_rows(chunk_size, logits.device, vocab)
+    kernels = resolve_backend(
+        backend, logits.device, logits.dtype, elements=packed_labels.shape[0] * vocab
+    )
+    chunk_rows = _chunk_rows(chunk_size, kernels, logits.device, vocab)
     cdtype = compute_dtype_for(logits.dtype)
-    kernels = resolve_backend(backend, logits.device)
     part = None
     if split is not None:
         part, packed_labels = split.bind(packed_labels)
@@ -205,11 +208,14 @@ def hidden_stats(
     if split is not None:
         part, packed_labels = split.bind(packed_labels)
     inv_tau = _inverse_temperature(temperature)
-    inner_rows = default_chunk_rows(hidden.device, vocab)
+    kernels = resolve_backend(
+        backend, hidden.device, weight.dtype, elements=packed_labels.shape[0] * vocab
+    )
+    inner_rows = kernels.chunk_rows(hidden.device, vocab)
     block_rows = (
-        default_block_rows(hidden.device, vocab)
+        max(default_block_rows(hidden.device, vocab), inner_rows)
         if chunk_size is None
-        else _chunk_rows(chunk_size, hidden.device, vocab)
+        else _chunk_rows(chunk_size, kernels, hidden.device, vocab)
     )
     rows = hidden.reshape(-1, hidden.shape[-1])  # [B*T, D]
     if packed_labels.shape[0] < valid.numel():
@@ -224,22 +230,35 @@ def hidden_stats(
         block_rows,
         min(inner_rows, block_rows),
         compute_dtype_for(weight.dtype),
-        resolve_backend(backend, hidden.device),
+        kernels,
         part,
     )
     shape = hidden.shape[:-1]
     return TokenStats(*(_unpack(valid, t, shape) for t in stats))
 
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "inductor", "triton")
 
 
-def resolve_backend(backend: str, device: torch.device):
-    """The backend object for `backend` on tensors of `device` (see `token_stats`)."""
+def resolve_backend(
+    backend: str, device: torch.device, dtype: torch.dtype = torch.float32, *, elements: int = 0
+):
+    """The backend object for `backend` on `dtype` tensors of `device` (see `token_stats`);
+    `elements` is the number of logits the pass reads, which decides `"auto"` on CPU."""
     if backend not in BACKENDS:
         raise ValueError(
             f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
         )
+    if backend == "inductor":
+        return _compiled_backend(device, dtype)
+    if backend == "auto" and device.type == "cpu":
+        # Compiled kernels hold the GIL, so with several threads they parallelise with OpenMP,
+        # which a busy machine stalls (docs/performance.md): by default only with one thread.
+        wanted = compiled.policy()
+        big = elements >= compiled.COMPILE_MIN_ELEMENTS and torch.get_num_threads() == 1
+        if wanted == "1" or (wanted == "auto" and big):
+            return COMPILED if compiled.FUSED.ready(dtype, device, warn=True) else TORCH
+        return TORCH
     if backend == "torch" or (backend == "auto" and device.type != "cuda"):
         return TORCH
     try:
@@ -258,6 +277,21 @@ def resolve_backend(backend: str, device: torch.device):
             "or use backend='auto' / 'torch'"
         )
     return TritonBackend(kernels)
+
+
+def _compiled_backend(device: torch.device, dtype: torch.dtype):
+    if compiled.policy() == "0":
+        raise ValueError(
+            f"backend='inductor' asks for compiled kernels, but {compiled.ENV}=0 in the "
+            "environment disables them: unset it, or use backend='torch' / 'auto'"
+        )
+    if not compiled.FUSED.ready(dtype, device, warn=False):
+        raise ValueError(
+            f"backend='inductor' needs torch.compile to build its kernels, which failed here "
+            f"({compiled.FUSED.failure}); on CPU inductor needs a C++ compiler (the CXX "
+            "environment variable, else g++); use backend='torch' or 'auto' meanwhile"
+        )
+    return COMPILED
 
 
 def _unpack(valid: Tensor, packed: Tensor, shape: torch.Size) -> Tensor:
@@ -349,9 +383,9 @@ def _inverse_temperature(temperature: float) -> float:
     return 1.0 / float(temperature)
 
 
-def _chunk_rows(chunk_size: int | None, device: torch.device, vocab: int) -> int:
+def _chunk_rows(chunk_size: int | None, kernels, device: torch.device, vocab: int) -> int:
     if chunk_size is None:
-        return default_chunk_rows(device, vocab)
+        return kernels.chunk_rows(device, vocab)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(
             f"chunk_size must be a positive int (rows per chunk) or None, got {chunk_size!r}"

@@ -1,0 +1,159 @@
+"""token_stats' compiled CPU chunks (`backend="inductor"`): float64 accuracy, gradients, threads,
+and the `auto` policy (the fallback without a C++ compiler: test_token_stats_compile_fallback.py).
+
+Each compiled function is built once per test session and dtype (fp32 and bf16 here); inductor's
+cache keeps the C++ across sessions (docs/performance.md gives the compile times).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from entropy_dynamics import _token_stats_compiled as compiled
+from entropy_dynamics._token_stats_backends import COMPILED, TORCH
+from entropy_dynamics.token_stats import resolve_backend, token_stats, token_stats_from_hidden
+from test_token_stats import QWEN_VOCAB, assert_matches_reference, reference
+from test_token_stats_grad import naive_logp_entropy, weighted_loss
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compiled_kernels():
+    """Compile (or load from inductor's cache) once, when the first test here runs."""
+    if compiled.policy() == "0":
+        pytest.skip(f"{compiled.ENV}=0: the compiled path is switched off for this run")
+    if not compiled.FUSED.ready(torch.float32, CPU, warn=False):
+        pytest.skip(f"torch.compile cannot build CPU kernels here: {compiled.FUSED.failure}")
+
+
+@pytest.mark.parametrize("scale", [0.1, 3.0, 30.0, 300.0])
+def test_qwen_vocabulary_accuracy_sweep(scale):
+    """The sweep of test_token_stats through the compiled loop: flat to extremely peaked rows."""
+    gen = torch.Generator().manual_seed(int(scale * 10))
+    logits = (torch.randn(2, 4, QWEN_VOCAB, generator=gen, dtype=torch.float64) * scale).float()
+    labels = torch.randint(0, QWEN_VOCAB, (2, 4), generator=gen)
+    labels[0, 0] = logits[0, 0].argmax()
+    stats = token_stats(logits, labels, backend="inductor", chunk_size=3)  # chunks of 3, 3, 2
+    assert_matches_reference(stats, reference(logits, labels))
+
+
+def test_nearly_one_hot_rows_keep_relative_precision():
+    logits = torch.full((1, 3, 1000), -40.0)
+    logits[0, :, 0] = 0.0
+    logits[0, :, 1] = -20.0  # p_1 = 2.1e-9: 1 + 2e-9 rounds to 1 in fp32
+    labels = torch.tensor([[0, 1, 2]])
+    ref = reference(logits, labels)
+    stats = token_stats(logits, labels, backend="inductor", chunk_size=2)  # a 1-row chunk too
+    assert_matches_reference(stats, ref, atol=1e-6)
+    assert (ref[3] > 1e-8).all()
+    torch.testing.assert_close(stats.baseline.double(), ref[3], rtol=1e-4, atol=0)
+
+
+def test_bf16_logits_values_and_gradient():
+    gen = torch.Generator().manual_seed(4)
+    low = (torch.randn(2, 6, 4099, generator=gen) * 3).bfloat16().requires_grad_()
+    labels = torch.randint(0, 4099, (2, 6), generator=gen)
+    stats = token_stats(low, labels, backend="inductor", temperature=0.8)
+    assert_matches_reference(stats, reference(low.detach(), labels, 0.8))
+    (stats.logprobs.sum() + stats.entropy.sum()).backward()
+    assert low.grad.dtype == torch.bfloat16
+    exact = low.detach().float().requires_grad_()
+    logp, entropy = naive_logp_entropy(exact, labels, 0.8)
+    (logp.sum() + entropy.sum()).backward()
+    torch.testing.assert_close(low.grad.float(), exact.grad, rtol=1e-2, atol=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_logits_grad_equals_autograd_and_sliced_views(temperature):
+    gen = torch.Generator().manual_seed(2)
+    full = (torch.randn(3, 7, 1000, generator=gen) * 4).requires_grad_()
+    labels = torch.randint(0, 1000, (3, 6), generator=gen)
+    labels[1, 2] = -100
+    g_lp, g_h = torch.randn(3, 6, generator=gen), torch.randn(3, 6, generator=gen)
+    stats = token_stats(full[:, :-1], labels, temperature=temperature, backend="inductor")
+    weighted_loss(stats, g_lp, g_h).backward()
+    ours, full.grad = full.grad, None
+    safe = labels.clamp(min=0)
+    g_lp, g_h = g_lp * (labels >= 0), g_h * (labels >= 0)
+    weighted_loss(naive_logp_entropy(full[:, :-1], safe, temperature), g_lp, g_h).backward()
+    torch.testing.assert_close(ours, full.grad, rtol=1e-4, atol=1e-6)
+    assert (ours[:, -1] == 0).all() and (ours[1, 2] == 0).all()
+
+
+def test_from_hidden_values_and_grads():
+    gen = torch.Generator().manual_seed(7)
+    hidden = torch.randn(2, 6, 12, generator=gen).requires_grad_()
+    weight = (torch.randn(257, 12, generator=gen) * 0.7).requires_grad_()
+    bias = torch.randn(257, generator=gen).requires_grad_()
+    labels = torch.randint(0, 257, (2, 6), generator=gen)
+    g_lp, g_h = torch.randn(2, 6, generator=gen), torch.randn(2, 6, generator=gen)
+    stats = token_stats_from_hidden(
+        hidden, weight, labels, bias=bias, temperature=1.4, chunk_size=5, backend="inductor"
+    )
+    want = token_stats((hidden @ weight.T + bias).detach(), labels, temperature=1.4)
+    for a, b in zip(stats, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    weighted_loss(stats, g_lp, g_h).backward()
+    ours = [t.grad for t in (hidden, weight, bias)]
+    for t in (hidden, weight, bias):
+        t.grad = None
+    weighted_loss(naive_logp_entropy(hidden @ weight.T + bias, labels, 1.4), g_lp, g_h).backward()
+    for got, t in zip(ours, (hidden, weight, bias), strict=True):
+        torch.testing.assert_close(got, t.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1])
+def test_threads_keep_float64_accuracy_and_gradients(chunk_size):
+    """Each compiled kernel splits its rows over torch's threads, or for a 1-row chunk the
+    row's sums, which changes their summation order (log p_k moved by 1e-5 at |log p_k| = 5
+    between 1 and 3 threads): with either count, the float64 bounds hold, and the thread
+    count is left as it was."""
+    gen = torch.Generator().manual_seed(11)
+    logits = (torch.randn(2, 16, 70_000, generator=gen) * 3).requires_grad_()
+    labels = torch.randint(0, 70_000, (2, 16), generator=gen)
+    ref = reference(logits.detach(), labels, 0.9)
+    logp, entropy = naive_logp_entropy(logits, labels, 0.9)
+    (logp.sum() + entropy.sum()).backward()
+    naive_grad, logits.grad = logits.grad, None
+    before = torch.get_num_threads()
+    for threads in (1, 3):
+        torch.set_num_threads(threads)
+        try:
+            stats = token_stats(
+                logits, labels, temperature=0.9, chunk_size=chunk_size, backend="inductor"
+            )
+            (stats.logprobs.sum() + stats.entropy.sum()).backward()
+            assert torch.get_num_threads() == threads
+        finally:
+            torch.set_num_threads(before)
+        assert_matches_reference(stats, ref)
+        torch.testing.assert_close(logits.grad, naive_grad, rtol=1e-4, atol=1e-6)
+        logits.grad = None
+
+
+def test_auto_policy_and_the_environment_switch(monkeypatch):
+    big = compiled.COMPILE_MIN_ELEMENTS
+    before = torch.get_num_threads()
+    monkeypatch.delenv(compiled.ENV, raising=False)
+    torch.set_num_threads(1)
+    try:
+        assert resolve_backend("auto", CPU, elements=big) is COMPILED
+        assert resolve_backend("auto", CPU, elements=big - 1) is TORCH
+        monkeypatch.setenv(compiled.ENV, "1")
+        assert resolve_backend("auto", CPU, elements=1) is COMPILED
+        monkeypatch.setenv(compiled.ENV, "0")
+        assert resolve_backend("auto", CPU, elements=big) is TORCH
+        with pytest.raises(ValueError, match="ENTROPY_DYNAMICS_COMPILE=0 in the environment"):
+            token_stats(
+                torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long), backend="inductor"
+            )
+        monkeypatch.setenv(compiled.ENV, "yes")
+        with pytest.raises(ValueError, match=r"must be 0 .*, 1 .* or auto"):
+            resolve_backend("auto", CPU, elements=big)
+        monkeypatch.delenv(compiled.ENV)
+        torch.set_num_threads(2)
+        assert resolve_backend("auto", CPU, elements=big) is TORCH  # eager worker threads
+    finally:
+        torch.set_num_threads(before)
