@@ -92,11 +92,13 @@ def test_every_surrogate_is_positively_homogeneous_in_the_advantage(surrogate):
     part = methods.get_part(surrogate)()
     _, logprobs, old, adv, _ = _batch(4)
     weight = 0.5 + torch.rand(adv.shape, dtype=torch.float64)
+    # a per-token surrogate (Archer) gets its plan split: here an arbitrary one
+    extra = {"selected": torch.rand(adv.shape) > 0.5} if surrogate == "archer_ppo" else {}
     for lp in (logprobs, logprobs + 0.5, logprobs - 0.5):
         a = lp.clone().requires_grad_(True)
         b = lp.clone().requires_grad_(True)
-        scaled, diag_scaled = part.loss(a, old, weight * adv)
-        base, diag = part.loss(b, old, adv)
+        scaled, diag_scaled = part.loss(a, old, weight * adv, **extra)
+        base, diag = part.loss(b, old, adv, **extra)
         torch.testing.assert_close(scaled, weight * base, rtol=1e-12, atol=1e-15)
         (scaled.sum()).backward()
         ((weight * base).sum()).backward()

@@ -133,7 +133,7 @@ def test_registry_refuses_duplicates_and_lists_names():
     assert set(PRESETS) <= set(names())
     for kind in ("surrogate", "filter", "regulariser", "reweight"):
         assert names(kind)
-    assert names("surrogate") == ["ce_gppo", "pg", "ppo"]
+    assert names("surrogate") == ["archer_ppo", "ce_gppo", "pg", "ppo"]
     with pytest.raises(ValueError, match="kind must be one of"):
         names("loss")
 

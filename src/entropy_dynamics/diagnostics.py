@@ -55,6 +55,10 @@ ENTROPIC_FRAC_HIGH = "entropic/frac_high"  # their share of the valid tokens
 ENTROPIC_TERM = "entropic/term"  # micro-batch-additive mean of the adjustment term
 AENT_COEF = "aent/coef"  # AEnt's clamped-entropy coefficient of the step
 AENT_CLAMPED_ENTROPY = "aent/clamped_entropy"  # micro-batch-additive mean H_c of kept tokens
+ARCHER_NUM_HIGH = "archer/num_high"  # global count of valid tokens above their response's quantile
+ARCHER_NUM_LOW = "archer/num_low"  # global count of the other valid tokens
+ARCHER_FRAC_HIGH = "archer/frac_high"  # share of valid tokens that are high-entropy
+ARCHER_KL = "archer_kl/kl"  # micro-batch-additive mean of the dual-token KL term
 
 # --- surrogate and plan -------------------------------------------------------------------------
 LOSS_CLIP_FRAC_LOW = "loss/clip_frac_low"  # A < 0, r < 1 - eps_low (micro-batch-additive)

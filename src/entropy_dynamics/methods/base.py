@@ -162,6 +162,15 @@ class Surrogate(Part, abc.ABC):
         """Bool ``[B, T]``: tokens whose ratio clip is active (their PPO gradient is cut)."""
         return torch.zeros_like(ratio, dtype=torch.bool)
 
+    def select(self, batch: TokenBatch, *, group=None) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """Tokens this surrogate treats apart, decided once per batch (None: none, the default).
+
+        A surrogate whose rule is per token (Archer's two clip ranges) returns a bool ``[B, T]``:
+        ``Method.plan`` stores it as ``plan.selected[name]`` and passes it back as
+        ``selected=`` to ``loss`` and ``clipped``; the metrics join ``plan.metrics``.
+        """
+        return None, {}
+
 
 class Filter(Part, abc.ABC):
     """Decides a bool KEEP mask ``[B, T]`` once per batch from batch-global statistics.

@@ -110,10 +110,17 @@ class Method:
         if self.needs_baseline and batch.baseline is None:
             raise ValueError(f"{self.spec}: needs TokenBatch.baseline (N) for clip_v")
         ratio = torch.exp(batch.logprobs.detach() - batch.old_logprobs.detach())
-        clipped = batch.mask & self.surrogate.clipped(ratio, batch.advantages)
+        metrics: dict[str, Tensor] = {}
+        selected = {}
+        own, surrogate_metrics = self.surrogate.select(batch, group=group)
+        if own is not None:  # a per-token surrogate (Archer): its tokens, for loss and clipped
+            selected[self.surrogate.name] = own & batch.mask
+        metrics.update(surrogate_metrics)
+        clipped = batch.mask & self.surrogate.clipped(
+            ratio, batch.advantages, **self._surrogate_selection(selected)
+        )
         keep = batch.mask.clone()
         zeroed = torch.zeros_like(batch.mask)  # dropped, yet counted: surrogate weight 0
-        metrics: dict[str, Tensor] = {}
         for part in self.filters:
             if part.name in self._state:  # stateful: receives its state, returns the new one
                 part_keep, part_metrics, self._state[part.name] = part.keep(
@@ -126,7 +133,6 @@ class Method:
             else:
                 keep &= part_keep
             metrics.update(part_metrics)
-        selected = {}
         for part in self.regularisers:
             state = {"state": self._state[part.name]} if part.name in self._state else {}
             part_selected, part_metrics = part.select(batch, group=group, **state)
@@ -181,7 +187,9 @@ class Method:
                 f"{tuple(plan.keep.shape)} differ; pass plan.rows(index) for a "
                 "micro-batch"
             )
-        loss, diag = self.surrogate.loss(logprobs, old_logprobs, advantages)
+        loss, diag = self.surrogate.loss(
+            logprobs, old_logprobs, advantages, **self._surrogate_selection(plan.selected)
+        )
         if self.reweights or self._zeroes_dropped:
             loss = loss * plan.weight.to(loss.dtype)
         metrics = self._surrogate_metrics(diag, plan)
@@ -199,6 +207,11 @@ class Method:
             loss = loss + term
             metrics.update(part_metrics)
         return torch.where(plan.keep, loss, 0.0), metrics
+
+    def _surrogate_selection(self, selected: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``{"selected": mask}`` for a surrogate that chose tokens in the plan, else ``{}``."""
+        name = self.surrogate.name
+        return {"selected": selected[name]} if name in selected else {}
 
     @staticmethod
     def _surrogate_metrics(diag: dict[str, Tensor], plan: Plan) -> dict[str, Tensor]:

@@ -72,6 +72,12 @@ PRESETS = {
         "(0.2); applied as the per-token weight A' / A of the surrogate (exact: kappa > 1 keeps "
         "the sign of A).",
     ),
+    "archer": (
+        "archer_ppo + archer_kl",
+        "Archer (Wang et al. 2025, arXiv 2507.15778) as its code (wizard-III/ArcherCodeR run "
+        "script): tokens above their response's 0.8 entropy quantile get clip 0.5 / 0.5 and no "
+        "KL, the others clip 0.2 / 0.2 and k3 KL (low_var_kl) 0.001; dual clip c = 10.",
+    ),
     "ce_gppo": (
         "ce_gppo(dual_clip=10.0)",
         "CE-GPPO (Su et al. 2025, arXiv 2509.20712): clipped tokens keep a bounded gradient, "
