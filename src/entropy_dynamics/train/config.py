@@ -76,6 +76,8 @@ class RolloutConfig:
     temperature / top_p: sampling temperature and nucleus mass. Log-probabilities and token
         statistics use the same temperature (softmax(z / T)); top-p only restricts sampling.
     max_new_tokens: response length limit.
+    chat_template: wrap each prompt as a user turn of the tokenizer's chat template (training
+        and evaluation): "auto" (when the tokenizer defines one), true, or false (raw text).
     """
 
     prompts_per_step: int = 8
@@ -83,6 +85,7 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 16
+    chat_template: str | bool = "auto"
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,8 @@ class LoggingConfig:
     progress: show progress (a bar on a terminal, plain lines in a log file) and a final summary.
     warn_no_drop_steps: warn (once) when a filter has dropped no token for this many steps in a
         row, with the threshold that would drop its configured share (0: never).
+    samples_every: append `samples_per_step` of the step's prompts with their completions and
+        rewards to samples.jsonl every this many steps (0: never).
     """
 
     run_dir: str = "runs/run"
@@ -149,6 +154,8 @@ class LoggingConfig:
     tensorboard: bool = True
     progress: bool = True
     warn_no_drop_steps: int = 20
+    samples_every: int = 10
+    samples_per_step: int = 4
 
 
 @dataclass(frozen=True)
@@ -223,6 +230,8 @@ def validate(cfg: TrainConfig) -> None:
         "logging.checkpoint_every": cfg.logging.checkpoint_every,
         "logging.save_batch_every": cfg.logging.save_batch_every,
         "logging.warn_no_drop_steps": cfg.logging.warn_no_drop_steps,
+        "logging.samples_every": cfg.logging.samples_every,
+        "logging.samples_per_step": cfg.logging.samples_per_step,
     }
     for name, value in non_negative.items():
         if value < 0:
@@ -241,6 +250,8 @@ def validate(cfg: TrainConfig) -> None:
     for name, (value, lowest, inclusive, valid) in floats.items():
         if not math.isfinite(value) or value < lowest or (value == lowest and not inclusive):
             _fail(name, value, valid)
+    if not (cfg.rollout.chat_template == "auto" or isinstance(cfg.rollout.chat_template, bool)):
+        _fail("rollout.chat_template", cfg.rollout.chat_template, "auto, true, false")
     if not 0 < cfg.rollout.top_p <= 1:
         _fail("rollout.top_p", cfg.rollout.top_p, "a float in (0, 1]")
     if cfg.model.sft_batch_size < 1:
@@ -347,6 +358,8 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind in (str, bool, dict) and isinstance(value, kind):
+        return value
+    if kind == "str | bool" and isinstance(value, str | bool):  # rollout.chat_template
         return value
     _fail(name, value, f"a value of type {getattr(kind, '__name__', kind)}")
     return value  # unreachable

@@ -84,12 +84,14 @@ def evaluate(
     correct_threshold: float = 1.0,
     reward_fn=None,
     progress: bool = False,
+    chat_template: bool = False,
 ) -> dict:
     """Sample n responses per held-out problem (and one greedy) and summarise.
 
     A sample is correct when its reward >= correct_threshold. `reward_fn(problem, completion)`
     defaults to `task.reward` (the trainer passes its safe, timed wrapper). `progress`: show the
-    prompts done (train.progress.Progress, on stderr).
+    prompts done (train.progress.Progress, on stderr). `chat_template`: prompts as user turns of
+    the tokenizer's chat template (`rollout.use_chat_template`), as in training.
     """
     if n < 1:
         raise ValueError(f"n={n}: need at least one sample per problem")
@@ -101,14 +103,15 @@ def evaluate(
         prompts = [task.format_prompt(p) for p in chunk]
         sampled = sample(
             model, tokenizer, prompts, group_size=n, temperature=temperature, top_p=top_p,
-            max_new_tokens=max_new_tokens, generator=generator,
+            max_new_tokens=max_new_tokens, generator=generator, chat_template=chat_template,
         )  # fmt: skip
         r = _rewards(task, chunk, sampled.texts, n, reward_fn)
         rewards += r
         counts += [
             sum(x >= correct_threshold for x in r[i * n : (i + 1) * n]) for i in range(len(chunk))
         ]
-        greedy = sample(model, tokenizer, prompts, temperature=0.0, max_new_tokens=max_new_tokens)
+        greedy = sample(model, tokenizer, prompts, temperature=0.0, max_new_tokens=max_new_tokens,
+                        chat_template=chat_template)  # fmt: skip
         greedy_correct += sum(
             x >= correct_threshold for x in _rewards(task, chunk, greedy.texts, 1, reward_fn)
         )

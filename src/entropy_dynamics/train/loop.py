@@ -55,6 +55,7 @@ from entropy_dynamics.train.setup import (  # noqa: F401 (build_policy: tests re
     build_policy,
     build_run,
     problem_order,
+    save_samples,
     save_step_data,
     stats_from_hidden,
     weight_norm,
@@ -219,7 +220,7 @@ def _restore_or_reset(run: Run, *, resume: bool) -> None:
         )
     elif resume:
         warn(f"--resume: no checkpoint in {run.run_dir}/checkpoints; starting from step 0")
-    for name in ("metrics.jsonl", "eval.jsonl"):
+    for name in ("metrics.jsonl", "eval.jsonl", "samples.jsonl"):
         if latest is not None:
             truncate_jsonl(run.run_dir / name, run.step)
         else:
@@ -243,7 +244,7 @@ def _evaluate(run: Run, logger: RunLogger) -> dict | None:
         run.model, run.tokenizer, run.task, run.eval_problems, n=cfg.logging.eval_k,
         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
         max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.seed + 7919 * run.step,
-        reward_fn=run.reward, progress=cfg.logging.progress,
+        reward_fn=run.reward, progress=cfg.logging.progress, chat_template=run.chat_template,
     )  # fmt: skip
     logger.log_eval(run.step, result)
     return {"step": run.step, **result}
@@ -266,12 +267,16 @@ def train_step(run: Run, problems: list) -> dict | None:
     cfg, step = run.cfg, run.step + 1
     started, started_cpu = time.perf_counter(), time.process_time()
     G = cfg.rollout.group_size
+    prompts = [run.task.format_prompt(p) for p in problems]
     rollout = sample(
-        run.model, run.tokenizer, [run.task.format_prompt(p) for p in problems], group_size=G,
-        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-        max_new_tokens=cfg.rollout.max_new_tokens, generator=run.generator,
+        run.model, run.tokenizer, prompts, group_size=G, temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
+        generator=run.generator, chat_template=run.chat_template,
     )  # fmt: skip
     rewards, reward_metrics = run.reward.score_groups(problems, rollout.texts, G)  # (B,)
+    if cfg.logging.samples_every and step % cfg.logging.samples_every == 0:
+        save_samples(run.run_dir, step, prompts, rollout.texts, rewards.tolist(), group_size=G,
+                     n_prompts=cfg.logging.samples_per_step)  # fmt: skip
     mask = rollout.response_mask  # (B, T)
     if run.method.advantage is not None:  # the method prescribes its estimator (w_reinforce)
         advantages = run.method.advantage.advantages(rewards, G)[:, None].expand_as(mask)

@@ -48,9 +48,44 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.eos_token_id if pad is None else pad
 
 
-def encode_prompts(tokenizer, prompts: list[str], *, device="cpu") -> tuple[Tensor, Tensor]:
+CHAT_TEMPLATE_CHOICES = ("auto", True, False)
+
+
+def use_chat_template(tokenizer, setting: str | bool = "auto") -> bool:
+    """Whether prompts go through the tokenizer's chat template (`rollout.chat_template`).
+
+    "auto": when the tokenizer defines one (an instruct model such as SmolLM2 answers a raw
+    prompt with nothing; the char tokenizer has none). True requires one; False never uses it.
+    """
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if setting == "auto":
+        return has_template
+    if setting is True and not has_template:
+        raise ValueError(
+            "rollout.chat_template=true but the tokenizer defines no chat template; valid for "
+            "this tokenizer: auto, false"
+        )
+    if setting not in (True, False):
+        raise ValueError(f"chat_template={setting!r}; valid: 'auto', True, False")
+    return setting
+
+
+def prompt_token_ids(tokenizer, prompt: str, *, chat_template: bool = False) -> list[int]:
+    """Token ids of one prompt: the raw text (with BOS where the tokenizer adds one) or, with
+    `chat_template`, one user turn followed by the assistant header (add_generation_prompt)."""
+    if not chat_template:
+        return list(tokenizer(prompt)["input_ids"])
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+    )
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # BatchEncoding or list
+
+
+def encode_prompts(
+    tokenizer, prompts: list[str], *, chat_template: bool = False, device="cpu"
+) -> tuple[Tensor, Tensor]:
     """Left-pad the tokenised prompts: (input_ids [B, P], attention_mask [B, P])."""
-    rows = [tokenizer(p)["input_ids"] for p in prompts]  # with BOS where the tokenizer adds one
+    rows = [prompt_token_ids(tokenizer, p, chat_template=chat_template) for p in prompts]
     if any(len(r) == 0 for r in rows):
         raise ValueError("prompts: every prompt must tokenise to at least one token")
     width = max(len(r) for r in rows)
@@ -103,6 +138,7 @@ def sample(
     max_new_tokens: int = 16,
     generator: torch.Generator | None = None,
     fast: bool = True,
+    chat_template: bool = False,
 ) -> Rollout:
     """Sample `group_size` responses for each prompt (temperature 0 = greedy).
 
@@ -110,11 +146,13 @@ def sample(
     after max_new_tokens; log-probs are taken under softmax(z / temperature) before top-p.
     With `fast` (default) a Llama decodes through `decode.LlamaDecoder` (same logits as the
     model's own forward, a fraction of its Python overhead); False always calls the model.
+    `chat_template`: wrap each prompt as a user turn (see `use_chat_template`).
     """
     if group_size < 1 or max_new_tokens < 1:
         raise ValueError(f"group_size={group_size}, max_new_tokens={max_new_tokens}: need >= 1")
     device = next(model.parameters()).device
-    ids, mask = encode_prompts(tokenizer, prompts, device=device)  # (N, P), one row per prompt
+    ids, mask = encode_prompts(tokenizer, prompts, chat_template=chat_template,
+                               device=device)  # fmt: skip  # (N, P), one row per prompt
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     padded = not bool(mask.all())  # no padding: no mask to build (faster, same result)
     prompt_ids, prompt_mask, prompt_positions = (

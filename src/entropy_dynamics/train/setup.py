@@ -4,6 +4,7 @@ and the per-step files the report and the lens read."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from entropy_dynamics.train.config import TrainConfig
+from entropy_dynamics.train.rollout import prompt_token_ids, use_chat_template
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -167,6 +169,21 @@ def save_step_data(run_dir, step: int, batch, plan, *, kind: str, spec: str = ""
     raise ValueError(f"kind={kind!r}: valid kinds are 'dist', 'batch'")
 
 
+def save_samples(run_dir, step: int, prompts: list[str], texts: list[str], rewards,
+                 *, group_size: int, n_prompts: int) -> Path:  # fmt: skip
+    """Append the first `n_prompts` prompts of a step, each with its G completions and rewards,
+    to samples.jsonl: one record {"step", "prompt", "completions", "rewards"} per prompt."""
+    path = Path(run_dir) / "samples.jsonl"
+    rewards = [float(r) for r in rewards]
+    with open(path, "a") as f:
+        for g, prompt in enumerate(prompts[:n_prompts]):
+            rows = slice(g * group_size, (g + 1) * group_size)
+            record = {"step": step, "prompt": prompt, "completions": texts[rows],
+                      "rewards": rewards[rows]}  # fmt: skip
+            f.write(json.dumps(record) + "\n")
+    return path
+
+
 @dataclasses.dataclass
 class Run:
     """Everything a training run holds between steps (built by `build_run`)."""
@@ -188,6 +205,7 @@ class Run:
     nonfinite: int = 0  # consecutive steps skipped for a non-finite loss
     weight_norm_start: float = 0.0  # global weight norm when this process started training
     watch: object | None = None  # train.watch.RunWatch: warnings that need the run's history
+    chat_template: bool = False  # prompts go through the tokenizer's chat template
 
 
 def build_run(cfg: TrainConfig, *, task=None) -> Run:
@@ -217,7 +235,9 @@ def build_run(cfg: TrainConfig, *, task=None) -> Run:
     generator.manual_seed(cfg.seed)
     train_problems = task.problems("train", cfg.task.n_train, seed=cfg.seed)
     eval_problems = task.problems("test", cfg.task.n_eval, seed=cfg.seed) if cfg.task.n_eval else []
-    check_lengths(cfg, model, tokenizer, task, [*train_problems, *eval_problems])
+    chat_template = use_chat_template(tokenizer, cfg.rollout.chat_template)
+    check_lengths(cfg, model, tokenizer, task, [*train_problems, *eval_problems],
+                  chat_template=chat_template)  # fmt: skip
     return Run(
         cfg=cfg,
         run_dir=Path(cfg.logging.run_dir),
@@ -233,6 +253,7 @@ def build_run(cfg: TrainConfig, *, task=None) -> Run:
         generator=generator,
         reference=copy.deepcopy(model).requires_grad_(False) if method.needs_ref_logprobs else None,
         weight_norm_start=weight_norm(model),
+        chat_template=chat_template,
     )
 
 
@@ -241,12 +262,17 @@ def weight_norm(model: torch.nn.Module) -> float:
     return float(torch.nn.utils.get_total_norm([p.detach() for p in model.parameters()]))
 
 
-def check_lengths(cfg: TrainConfig, model, tokenizer, task, problems: list) -> None:
+def check_lengths(
+    cfg: TrainConfig, model, tokenizer, task, problems: list, *, chat_template: bool = False
+) -> None:
     """Refuse a rollout.max_new_tokens that, with the longest prompt, exceeds the model's positions."""
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if not isinstance(limit, int) or not problems:
         return
-    longest = max(len(tokenizer(task.format_prompt(p))["input_ids"]) for p in problems)
+    longest = max(
+        len(prompt_token_ids(tokenizer, task.format_prompt(p), chat_template=chat_template))
+        for p in problems
+    )
     if longest + cfg.rollout.max_new_tokens > limit:
         raise ValueError(
             f"config field rollout.max_new_tokens={cfg.rollout.max_new_tokens} is invalid; "
