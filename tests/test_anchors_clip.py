@@ -103,9 +103,9 @@ def test_non_finite_statistics_are_refused(bad):
     A = -torch.ones(2, 3)
     with pytest.raises(ValueError, match="clip_b: the discriminator S holds NaN or inf"):
         clip_b_mask(S, A, mask)
-    with pytest.raises(ValueError, match="clip_v: D = N - S holds NaN or inf"):
+    with pytest.raises(ValueError, match="clip_v: S - N holds NaN or inf"):
         clip_v_mask(S, torch.zeros(2, 3), A, mask)
-    with pytest.raises(ValueError, match="clip_v: D = N - S holds NaN or inf"):
+    with pytest.raises(ValueError, match="clip_v: S - N holds NaN or inf"):
         clip_v_mask(torch.zeros(2, 3), S, A, mask, variant="paper")
     mask[1, 1] = False  # at padding it is never read
     assert clip_b_mask(S, A, mask).sum() == 5

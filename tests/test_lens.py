@@ -139,3 +139,30 @@ def test_table_columns_line_up_and_shares_are_defined():
         assert cells[1] == f"{int(count) / total:.1%}"  # % tokens
         assert cells[3] == f"{abs(float(value)) / moved:.1%}"  # % of |dH|
     assert "% of |dH|: the quadrant's |sum dH|" in lens.format_table()
+
+
+def test_lens_counts_archer_clips_with_each_tokens_own_range():
+    """Archer: ratio 1.3 with A > 0 is clipped by the narrow range (0.2) and not by the wide
+    one (0.5) that the high-entropy tokens get; the lens must see the split."""
+    from entropy_dynamics.methods import build
+
+    B, T = 2, 10
+    entropy = torch.arange(B * T, dtype=torch.float64).reshape(B, T) / 10  # distinct per row
+    mask = torch.ones(B, T, dtype=torch.bool)
+    logp = torch.full((B, T), -1.0, dtype=torch.float64)
+    batch = TokenBatch(
+        mask=mask, advantages=torch.ones(B, T, dtype=torch.float64), logprobs=logp,
+        old_logprobs=logp - torch.log(torch.tensor(1.3, dtype=torch.float64)), entropy=entropy,
+        discriminator=torch.zeros(B, T, dtype=torch.float64),
+        baseline=torch.zeros(B, T, dtype=torch.float64),
+        ref_logprobs=logp,
+    )  # fmt: skip
+    method = build("archer")
+    plan = method.plan(batch)
+    high = plan.selected["archer_ppo"]
+    assert 0 < int(high.sum()) < B * T  # both kinds present
+    ratio = torch.exp(batch.logprobs - batch.old_logprobs)
+    clipped = method.clipped(ratio, batch.advantages, plan)
+    assert torch.equal(clipped, mask & ~high)  # only the narrow-range (low-entropy) tokens
+    lens = entropy_lens(batch, lr=1e-3, methods=["archer"])
+    assert "archer" in lens.format_table()

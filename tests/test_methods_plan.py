@@ -53,7 +53,7 @@ def test_plan_keep_is_mask_and_every_filter():
     assert plan.metrics[dg.PLAN_FRAC_KEPT].item() == pytest.approx(
         want.sum().item() / batch.mask.sum().item()
     )
-    assert dg.CLIP_B_FRAC_DROPPED in plan.metrics and dg.CLIP_V_D_STD in plan.metrics
+    assert dg.CLIP_B_FRAC_DROPPED in plan.metrics and dg.CLIP_V_CAPPED in plan.metrics
     assert method.needs_baseline and not build("clip_b").needs_baseline
 
 

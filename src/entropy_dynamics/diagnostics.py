@@ -31,7 +31,6 @@ CLIP_B_S_STD = "clip_b/s_std"
 CLIP_V_FRAC_DROPPED = "clip_v/frac_dropped"
 CLIP_V_FRAC_DROPPED_POS = "clip_v/frac_dropped_pos"
 CLIP_V_FRAC_DROPPED_NEG = "clip_v/frac_dropped_neg"
-CLIP_V_D_STD = "clip_v/d_std"
 CLIP_V_CAPPED = "clip_v/capped"  # 1 when the max_frac top-K cap bound
 CLIP_COV_FRAC_DROPPED = "clip_cov/frac_dropped"
 CLIP_COV_FRAC_DROPPED_POS = "clip_cov/frac_dropped_pos"

@@ -62,7 +62,7 @@ def _touched(method, batch: TokenBatch, group) -> dict[str, Tensor]:
         penalised |= selected
     return {
         "dropped": batch.mask & ~plan.keep,
-        "clipped": plan.keep & method.surrogate.clipped(ratio, batch.advantages),
+        "clipped": method.clipped(ratio, batch.advantages, plan),
         "penalised": plan.keep & penalised,
         "reweighted": plan.keep & (plan.weight != 1),
     }

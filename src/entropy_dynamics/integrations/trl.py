@@ -66,7 +66,7 @@ _AGGREGATION = {
 # valid tokens, so Clip_B's mean / std of S_* and Clip_V's std of N - S are the batch's own):
 # logged once, under the entropy/ name.
 _DUPLICATE_METRICS = frozenset(
-    {diagnostics.CLIP_B_S_MEAN, diagnostics.CLIP_B_S_STD, diagnostics.CLIP_V_D_STD}
+    {diagnostics.CLIP_B_S_MEAN, diagnostics.CLIP_B_S_STD}
 )
 
 

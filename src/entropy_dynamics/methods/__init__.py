@@ -7,7 +7,7 @@
 from . import archer, clipping, controllers, filters, regularisers, reweight, surrogates  # noqa: F401
 from . import presets as _presets  # noqa: F401  (registers the presets)
 from .base import Advantage, Filter, Part, Plan, Regulariser, Reweight, Surrogate, TokenBatch
-from .clipping import clip_b_mask, clip_v_mask
+from .clipping import ClipVDecision, clip_b_mask, clip_v_decision, clip_v_mask
 from .filters import centred_covariance, clip_cov_mask, sign_condition_mask, top_entropy_mask
 from .method import Method
 from .registry import Preset, get, get_part, get_preset, names, register, register_preset
@@ -18,6 +18,7 @@ from .surrogates import ce_gppo_loss, pg_loss, ppo_loss
 
 __all__ = [
     "Advantage",
+    "ClipVDecision",
     "Filter",
     "Method",
     "Part",
@@ -33,6 +34,7 @@ __all__ = [
     "centred_covariance",
     "clip_b_mask",
     "clip_cov_mask",
+    "clip_v_decision",
     "clip_v_mask",
     "get",
     "get_part",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -15,7 +15,7 @@ from ._checks import check_choice, check_denominator, check_number, check_same_s
 from .base import KEPT, Filter, TokenBatch
 from .registry import register
 
-__all__ = ["ClipB", "ClipV", "clip_b_mask", "clip_v_mask"]
+__all__ = ["ClipB", "ClipV", "ClipVDecision", "clip_b_mask", "clip_v_decision", "clip_v_mask"]
 
 VARIANTS = ("released", "paper")
 FLAT_STD = 1e-12  # a batch std below this keeps every token (no meaningful outlier)
@@ -138,27 +138,67 @@ def _clip_v_args(mu, max_frac, variant):
     return mu, max_frac
 
 
-def _clip_v(discriminator, baseline, advantages, mask, *, mu, max_frac, variant, group):
-    """Clip_V keep mask, std of D, and whether the top-K cap bound (see ``clip_v_mask``)."""
+class ClipVDecision(NamedTuple):
+    """What Clip_V decided for one batch (``clip_v_decision``)."""
+
+    keep: Tensor  # bool [B, T], the tokens kept
+    deviation_std: Tensor  # 0-dim: population std of S - N over the valid tokens (all ranks)
+    capped: bool  # True when the released cap (K tokens) bound
+
+
+def clip_v_decision(
+    discriminator: Tensor,
+    baseline: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    mu: float | None = None,
+    max_frac: float | None = None,
+    variant: str = "released",
+    group=None,
+) -> ClipVDecision:
+    """Clip_V (vocabulary-centred) on one batch, PAPER.md sec. 3: keep mask, std, cap.
+
+    ``discriminator`` S_t, ``baseline`` N_t, ``advantages``, ``mask``: ``[B, T]``. In the
+    project's one sign convention, ``S_t - N_t`` is Theorem 3.3's deviation (positive: the
+    token's update lowers entropy when A > 0); ``s`` = its population std over every valid token
+    of the batch (``group``: all ranks). The batch mean is NOT subtracted.
+
+    - ``variant="released"`` (the authors' code; ``mu`` 8.5, ``max_frac`` 1e-4 by default):
+      ``A > 0`` kept; a token with ``A <= 0`` would drop iff ``S_t - N_t < -mu s`` (far BELOW
+      its baseline; the authors write it ``N - S > mu s``). The cap applies to the ``A < 0``
+      ones only: when more than ``K = max(floor(max_frac n_valid), 1)`` of them would drop, only
+      the K lowest ``S_t - N_t`` drop (ties: lower global position first) and the other
+      ``A < 0`` ones are kept. Would-be-dropped ``A = 0`` tokens stay dropped whatever the cap
+      (no gradient, but they leave the token-mean denominator).
+    - ``variant="paper"``: keep iff ``|S_t - N_t| <= mu s`` (a band around the baseline); it
+      has no cap, and a ``max_frac`` given with it is refused.
+
+    If ``s < 1e-12`` every valid token is kept. Padding is never kept. NaN or inf in S or N at
+    a valid token raises ValueError.
+    Differs from the paper: the released variant is the default, as in the authors' runs.
+    Example (the 4 x 4 case of docs/anchors.md): S - N = 0 except -4 at (1,0) (A < 0) and -5
+    at (2,0) (A = 0), mu = 1, max_frac = 0.07: K = 1, one A < 0 candidate, so both drop.
+    """
     check_same_shape(
         "clip_v", discriminator=discriminator, baseline=baseline, advantages=advantages, mask=mask
     )
     mu, max_frac = _clip_v_args(mu, max_frac, variant)
     dtype = torch.float64 if discriminator.dtype == torch.float64 else torch.float32
-    distance = baseline.detach().to(dtype) - discriminator.detach().to(dtype)  # D_t = N_t - S_t
-    mean, std, n_valid = masked_mean_std(distance, mask, group=group)
-    _check_finite_stats("clip_v", "D = N - S", mean, std)
+    deviation = discriminator.detach().to(dtype) - baseline.detach().to(dtype)  # S_t - N_t
+    mean, std, n_valid = masked_mean_std(deviation, mask, group=group)
+    _check_finite_stats("clip_v", "S - N", mean, std)
     flat = std < FLAT_STD
     if variant == "paper":
-        return mask & ((distance.abs() <= mu * std) | flat), std, False
-    would_drop = mask & (advantages <= 0) & (distance > mu * std) & ~flat
+        return ClipVDecision(mask & ((deviation.abs() <= mu * std) | flat), std, False)
+    would_drop = mask & (advantages <= 0) & (deviation < -mu * std) & ~flat
     negative = would_drop & (advantages < 0)  # only these are capped; A = 0 ones stay dropped
     k = max(math.floor(max_frac * int(n_valid)), 1)
     n_negative = int(global_sum(negative.sum()))  # one host sync, same value on every rank
     capped = n_negative > k
-    if capped:
-        negative = masked_topk(distance, negative, k, group=group)
-    return mask & ~((would_drop & ~(advantages < 0)) | negative), std, capped
+    if capped:  # the K lowest deviations (-(S - N) = N - S exactly in floating point)
+        negative = masked_topk(-deviation, negative, k, group=group)
+    return ClipVDecision(mask & ~((would_drop & ~(advantages < 0)) | negative), std, capped)
 
 
 def clip_v_mask(
@@ -172,28 +212,8 @@ def clip_v_mask(
     variant: str = "released",
     group=None,
 ) -> Tensor:
-    """Clip_V (vocabulary-centred) KEEP mask, bool ``[B, T]`` (PAPER.md sec. 3).
-
-    ``discriminator`` S_t, ``baseline`` N_t, ``advantages``, ``mask``: ``[B, T]``.
-    ``D_t = N_t - S_t`` (minus Theorem 3.3's deviation); ``s_D`` = population std of D over every
-    valid token of the batch (``group``: all ranks). The batch mean of D is NOT subtracted.
-
-    - ``variant="released"`` (the authors' code; ``mu`` 8.5, ``max_frac`` 1e-4 by default):
-      ``A > 0`` kept; a token with ``A <= 0`` would drop iff ``D_t > mu s_D``. The cap applies
-      to the ``A < 0`` ones only: when more than ``K = max(floor(max_frac n_valid), 1)`` of them
-      would drop, only the K with the largest ``D_t`` drop (ties: lower global position first)
-      and the other ``A < 0`` ones are kept. Would-be-dropped ``A = 0`` tokens stay dropped
-      whatever the cap (no gradient, but they leave the token-mean denominator).
-    - ``variant="paper"``: keep iff ``|D_t| <= mu s_D`` (a band around the baseline); it has no
-      cap, and a ``max_frac`` given with it is refused.
-
-    If ``s_D < 1e-12`` every valid token is kept. Padding is never kept. NaN or inf in S or N at
-    a valid token raises ValueError.
-    Differs from the paper: the released variant is the default, as in the authors' runs.
-    Example (the 4 x 4 case of docs/anchors.md): D = 0 except D[1,0] = 4 (A < 0) and
-    D[2,0] = 5 (A = 0), mu = 1, max_frac = 0.07: K = 1, one A < 0 candidate, so both drop.
-    """
-    keep, _, _ = _clip_v(
+    """Clip_V KEEP mask, bool ``[B, T]``: ``clip_v_decision(...).keep`` (the rule is there)."""
+    return clip_v_decision(
         discriminator,
         baseline,
         advantages,
@@ -202,8 +222,7 @@ def clip_v_mask(
         max_frac=max_frac,
         variant=variant,
         group=group,
-    )
-    return keep
+    ).keep
 
 
 @register
@@ -249,7 +268,7 @@ class ClipB(Filter):
 @register
 @dataclass(frozen=True, kw_only=True)
 class ClipV(Filter):
-    """``clip_v``: drop tokens far above their own baseline N (``clip_v_mask``).
+    """``clip_v``: drop ``A <= 0`` tokens far below their own baseline N (``clip_v_decision``).
 
     ``mu`` and ``max_frac`` are resolved at construction (8.5 and, for the released variant,
     1e-4 unless given); the paper variant has no ``max_frac``.
@@ -271,7 +290,7 @@ class ClipV(Filter):
     def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None):
         if batch.baseline is None:
             raise ValueError("clip_v needs TokenBatch.baseline (N); compute it with token_stats")
-        keep, std, capped = _clip_v(
+        keep, _, capped = clip_v_decision(
             batch.discriminator,
             batch.baseline,
             batch.advantages,
@@ -284,7 +303,6 @@ class ClipV(Filter):
         metrics = dg.drop_fractions(
             keep, batch.mask, batch.advantages, prefix="clip_v", group=group
         )
-        metrics.update(
-            {dg.CLIP_V_D_STD: std, dg.CLIP_V_CAPPED: torch.tensor(float(capped), device=std.device)}
-        )
+        # the std of S - N is entropy/s_minus_n_std, logged with the batch's entropy metrics
+        metrics[dg.CLIP_V_CAPPED] = torch.tensor(float(capped), device=keep.device)
         return keep, metrics

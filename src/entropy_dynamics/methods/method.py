@@ -208,6 +208,12 @@ class Method:
             metrics.update(part_metrics)
         return torch.where(plan.keep, loss, 0.0), metrics
 
+    def clipped(self, ratio: Tensor, advantages: Tensor, plan: Plan) -> Tensor:
+        """Bool ``[B, T]``: the plan's kept tokens whose surrogate clip is active at ``ratio``
+        (with the surrogate's own per-token split, e.g. Archer's two ranges)."""
+        selection = self._surrogate_selection(plan.selected)
+        return plan.keep & self.surrogate.clipped(ratio, advantages, **selection)
+
     def _surrogate_selection(self, selected: dict[str, Tensor]) -> dict[str, Tensor]:
         """``{"selected": mask}`` for a surrogate that chose tokens in the plan, else ``{}``."""
         name = self.surrogate.name
