@@ -84,7 +84,11 @@ def method_loss(config, model_output, data: TensorDict, dp_group=None, *, method
         global_batch_size=data["global_batch_size"],
         loss_scale_factor=config.loss_scale_factor,
     )
-    selected_keys = [SELECTED_PREFIX + part.name for part in method.regularisers]
+    choosers = (
+        method.surrogate,
+        *method.regularisers,
+    )  # parts that may pick tokens (plan.selected)
+    selected_keys = [SELECTED_PREFIX + part.name for part in choosers]
     selected_keys += [constant_key(name) for name in method.loss_constants]
     fields = ["response_mask", "old_log_probs", "advantages", KEEP_KEY, WEIGHT_KEY]
     fields += [key for key in [*selected_keys, "ref_log_prob", "rollout_is_weights"] if key in data]
@@ -99,9 +103,9 @@ def method_loss(config, model_output, data: TensorDict, dp_group=None, *, method
     plan = Plan(
         keep=padded[KEEP_KEY].bool() & response_mask,
         weight=padded[WEIGHT_KEY],
-        selected={  # only the regularisers that chose their tokens (kl_cov) have a field
+        selected={  # only the parts that chose their tokens (kl_cov, archer_ppo) have a field
             part.name: padded[SELECTED_PREFIX + part.name].bool()
-            for part in method.regularisers
+            for part in choosers
             if SELECTED_PREFIX + part.name in padded.keys()  # noqa: SIM118
         },
         metrics={  # batch constants the regularisers read (the same value at every token)
