@@ -12,7 +12,8 @@ import yaml
 from entropy_dynamics import methods
 from entropy_dynamics.methods import build, get, names, parse
 from entropy_dynamics.methods.clipping import ClipB
-from entropy_dynamics.methods.registry import register, register_preset
+from entropy_dynamics.methods.registry import register
+from entropy_dynamics.methods.spec import register_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = [

@@ -10,10 +10,10 @@ from .base import Advantage, Filter, Part, Plan, Regulariser, Reweight, Surrogat
 from .clipping import ClipVDecision, clip_b_mask, clip_v_decision, clip_v_mask
 from .filters import centred_covariance, clip_cov_mask, sign_condition_mask, top_entropy_mask
 from .method import Method
-from .registry import Preset, get, get_part, get_preset, names, register, register_preset
+from .registry import get_part, names, register
 from .regularisers import kl_cov_select, kl_estimate
 from .reweight import advantage_sign_weight
-from .spec import build, parse
+from .spec import Preset, build, get, get_preset, parse, register_preset
 from .surrogates import ce_gppo_loss, pg_loss, ppo_loss
 
 __all__ = [

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from .base import DENOMINATORS
+
 
 def check_number(
     owner: str, name: str, value, *, low=None, high=None, low_open=False, high_open=False
@@ -35,8 +37,6 @@ def check_choice(owner: str, name: str, value, choices: tuple[str, ...]) -> str:
 
 def check_denominator(owner: str, value) -> str:
     """A filter's ``denominator`` choice (see ``base.DENOMINATORS``)."""
-    from .base import DENOMINATORS
-
     return check_choice(owner, "denominator", value, DENOMINATORS)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .registry import register_preset
+from .spec import register_preset
 
 __all__ = ["PRESETS"]
 

@@ -17,13 +17,64 @@ from __future__ import annotations
 import ast
 import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from . import registry
 from .base import Part, Surrogate
 from .method import Method
-from .registry import get, get_part, get_preset, is_part, is_preset
+from .registry import get_part, is_part, is_preset, names, unknown_name
 
-__all__ = ["build", "parse"]
+__all__ = ["Preset", "build", "get", "get_preset", "parse", "register_preset"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named method: ``spec`` (a spec string) plus a docstring naming its paper and defaults.
+
+    Arguments given to a preset in a spec (``"clip_b(mu=2.0)"``) override the default of the one
+    part in ``spec`` that accepts that argument name.
+    """
+
+    name: str
+    spec: str
+    doc: str
+
+    def __call__(self, **overrides):
+        """Build the preset's Method, overriding defaults: ``get("clip_v")(mu=6.0)``."""
+        return build({self.name: overrides})
+
+
+def register_preset(name: str, spec: str, doc: str) -> Preset:
+    """Add a preset. A preset may share its name with a part only if its spec uses that part."""
+    if not name.isidentifier():
+        raise ValueError(f"register_preset: name must be an identifier, got {name!r}")
+    if name in registry.PRESETS:
+        raise ValueError(f"register_preset: a preset named {name!r} is already registered")
+    preset = Preset(name=name, spec=spec, doc=doc)
+    registry.PRESETS[name] = preset
+    return preset
+
+
+def get_preset(name: str) -> Preset:
+    """The preset registered as ``name``; unknown names raise, listing the valid ones."""
+    if name not in registry.PRESETS:
+        raise unknown_name(name, sorted(registry.PRESETS), "method preset")
+    return registry.PRESETS[name]
+
+
+def get(name: str) -> Preset | type[Part]:
+    """A preset (callable: ``get("clip_b")(mu=2.0)`` builds a Method) or else a part class.
+
+    Where a preset shares a part's name (``clip_b``), the preset is returned; use ``get_part``
+    for the part itself. Unknown names raise ValueError listing every valid name.
+    """
+    if name in registry.PRESETS:
+        return registry.PRESETS[name]
+    if is_part(name):
+        return get_part(name)
+    raise unknown_name(name, names(), "method or part")
+
 
 Term = tuple[str, dict[str, Any]]
 _EXAMPLE = "e.g. 'ppo(eps_high=0.28) + clip_b(mu=2.5)'"
