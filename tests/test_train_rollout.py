@@ -9,7 +9,13 @@ import torch
 
 from entropy_dynamics.models import build_char_tokenizer, build_tiny_model
 from entropy_dynamics.token_stats import token_stats
-from entropy_dynamics.train.rollout import _top_p_filter, response_logits, sample
+from entropy_dynamics.train.rollout import (
+    _top_p_filter,
+    response_hidden,
+    response_logits,
+    sample,
+    shared_prompt_hidden,
+)
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +101,51 @@ def test_eos_ends_the_response_mask(policy):
             assert (ids[first + 1 :] == tokenizer.pad_token_id).all()
         else:
             assert mask.all()
+
+
+@pytest.mark.parametrize(
+    "prompts",
+    [["1+2=", "123+456-7=", "q="], ["1+2=", "7-5="]],  # left padding in play / no padding at all
+)
+@pytest.mark.parametrize("response_len", [1, 5])
+def test_shared_prompt_pass_equals_the_full_pass_values_and_gradients(prompts, response_len):
+    """One prompt pass per group (KV cache repeated G times) == B full passes, in float64:
+    values to float64 rounding, gradients to float32's (the model's norms run in float32)."""
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, seed=3)
+    model = model.double().eval()
+    G = 3
+    rollout = sample(model, tokenizer, prompts, group_size=G, max_new_tokens=response_len,
+                     generator=torch.Generator().manual_seed(1))  # fmt: skip
+    ids, attention = rollout.input_ids, rollout.attention_mask
+    T = rollout.response_ids.shape[1]
+    weights = torch.randn(ids.shape[0], T, model.config.vocab_size, generator=torch.Generator()
+                          .manual_seed(2), dtype=torch.float64)  # fmt: skip
+    results = {}
+    for name, group_size in (("full", 1), ("shared", G)):
+        model.zero_grad(set_to_none=True)
+        hidden = response_hidden(model, ids, attention, T, group_size=group_size)  # (B, T, D)
+        logits = response_logits(model, ids, attention, T, group_size=group_size)  # (B, T, V)
+        (logits * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[name] = (hidden.detach(), logits.detach(), grads)
+    (h_full, z_full, g_full), (h_shared, z_shared, g_shared) = results["full"], results["shared"]
+    assert h_shared.shape == (ids.shape[0], T, 32)
+    torch.testing.assert_close(h_shared, h_full, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(z_shared, z_full, atol=1e-12, rtol=1e-10)
+    assert g_shared.keys() == g_full.keys() and len(g_full) > 0
+    for name in g_full:  # LlamaRMSNorm computes in float32 even in a float64 model, so the
+        # backward's reductions round at float32 in an order that depends on the shapes
+        error = (g_shared[name] - g_full[name]).norm() / g_full[name].norm()
+        assert error < 1e-6, (name, float(error))
+
+
+def test_shared_prompt_pass_refuses_rows_not_grouped_by_prompt(policy):
+    model, tokenizer = policy
+    rollout = sample(model, tokenizer, ["1+2=", "7-5="], group_size=2, max_new_tokens=3,
+                     generator=torch.Generator().manual_seed(0))  # fmt: skip
+    ids = rollout.input_ids[[0, 2, 1, 3]]  # prompt-minor: rows 0 and 1 now differ
+    with pytest.raises(ValueError, match="not grouped by prompt"):
+        shared_prompt_hidden(model, ids, rollout.attention_mask, 3, 2)
+    with pytest.raises(ValueError, match="divisible"):
+        shared_prompt_hidden(model, rollout.input_ids[:3], rollout.attention_mask[:3], 3, 2)

@@ -320,7 +320,7 @@ def train_step(run: Run, problems: list) -> dict | None:
     if probing:
         with torch.no_grad():
             new_logits = response_logits(run.model, rollout.input_ids, rollout.attention_mask,
-                                         mask.shape[1])  # fmt: skip
+                                         mask.shape[1], group_size=G)  # fmt: skip  # as `score`
         ratio = torch.ones_like(old_logprobs)  # the plan's ratio: on-policy at plan time
         alpha = nominal_step(update[dg.OPTIM_LR], advantages, ratio=ratio, keep=plan.keep,
                              weight=plan.weight)  # fmt: skip
@@ -347,14 +347,16 @@ def score(run: Run, rollout, rows, *, grad: bool, policy=None):
     ids, attention = rollout.input_ids[rows], rollout.attention_mask[rows]
     labels, mask = rollout.response_ids[rows], rollout.response_mask[rows]
     temperature = run.cfg.rollout.temperature
+    G = run.cfg.rollout.group_size  # whole groups share a prompt pass (shared_prompt_hidden)
+    G = G if ids.shape[0] % G == 0 and (rows.start or 0) % G == 0 else 1
     with torch.set_grad_enabled(grad):
         if stats_from_hidden(run.cfg, policy):
-            hidden = response_hidden(policy, ids, attention, T)  # (b, T, D)
+            hidden = response_hidden(policy, ids, attention, T, group_size=G)  # (b, T, D)
             weight, bias = model_output_layer(policy)
             stats = token_stats_from_hidden(hidden, weight, labels, bias=bias,
                                             temperature=temperature, mask=mask)  # fmt: skip
             return stats, hidden
-        logits = response_logits(policy, ids, attention, T)  # (b, T, V)
+        logits = response_logits(policy, ids, attention, T, group_size=G)  # (b, T, V)
         return token_stats(logits, labels, temperature=temperature, mask=mask), logits
 
 

@@ -228,11 +228,18 @@ def decode_responses(tokenizer, response_ids: Tensor, response_mask: Tensor) -> 
     return texts
 
 
-def response_logits(model, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
+def response_logits(
+    model, input_ids: Tensor, attention_mask: Tensor, response_len: int, *, group_size: int = 1
+) -> Tensor:
     """Teacher-forced logits that predict the response tokens: [B, T, V] (fp32).
 
     Column t of the result scores response token t (the model's output one position earlier).
+    `group_size` G > 1: rows g*G .. g*G+G-1 share their prompt, which then runs once per group
+    (`shared_prompt_hidden`).
     """
+    if group_size > 1:
+        hidden = shared_prompt_hidden(model, input_ids, attention_mask, response_len, group_size)
+        return model.get_output_embeddings()(hidden).float()  # (B, T, V)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     padded = not bool(attention_mask.all())
     logits = model(
@@ -245,10 +252,17 @@ def response_logits(model, input_ids: Tensor, attention_mask: Tensor, response_l
     return logits[:, -response_len:].float()
 
 
-def response_hidden(model, input_ids: Tensor, attention_mask: Tensor, response_len: int) -> Tensor:
-    """Final hidden states that predict the response tokens: [B, T, D] (column t scores token t)."""
+def response_hidden(
+    model, input_ids: Tensor, attention_mask: Tensor, response_len: int, *, group_size: int = 1
+) -> Tensor:
+    """Final hidden states that predict the response tokens: [B, T, D] (column t scores token t).
+
+    `group_size` G > 1: the prompt runs once per group of G rows (`shared_prompt_hidden`).
+    """
     from entropy_dynamics.models import model_hidden
 
+    if group_size > 1:
+        return shared_prompt_hidden(model, input_ids, attention_mask, response_len, group_size)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     padded = not bool(attention_mask.all())
     hidden = model_hidden(
@@ -256,3 +270,39 @@ def response_hidden(model, input_ids: Tensor, attention_mask: Tensor, response_l
         position_ids=position_ids[:, :-1],
     )  # fmt: skip  # (B, P + T - 1, D)
     return hidden[:, -response_len:]
+
+
+def shared_prompt_hidden(
+    model, input_ids: Tensor, attention_mask: Tensor, response_len: int, group_size: int
+) -> Tensor:
+    """`response_hidden` with each prompt run once for its G rows: [B, T, D].
+
+    input_ids, attention_mask: [B, P + T], rows g*G .. g*G+G-1 with the same prompt columns.
+    The prompt pass ([B/G, P], with its gradient) fills a KV cache that is repeated G times
+    (`repeat_interleave`, whose backward sums the G rows' gradients into the prompt's); the
+    response pass then reads it. The same function as the full pass, so the same values and
+    gradients up to float rounding, for 8 P + B T token positions instead of B (P + T)
+    (G = 8): the prompt's share of the forward, backward and activation memory shrinks G-fold.
+    """
+    B, width = input_ids.shape
+    P, G = width - response_len, group_size
+    if B % G or P < 1:
+        raise ValueError(f"input_ids [B={B}, P+T={width}]: need B divisible by G={G} and P >= 1")
+    prompt_ids, prompt_mask = input_ids[::G, :P], attention_mask[::G, :P]  # (B/G, P)
+    if not torch.equal(prompt_ids.repeat_interleave(G, 0), input_ids[:, :P]):
+        raise ValueError(f"rows are not grouped by prompt in runs of group_size={G}")
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P + T)
+    padded = not bool(attention_mask.all())
+    base = model.base_model
+    out = base(input_ids=prompt_ids, attention_mask=prompt_mask if padded else None,
+               position_ids=position_ids[::G, :P], use_cache=True)  # fmt: skip
+    first = out.last_hidden_state[:, -1:].repeat_interleave(G, 0)  # (B, 1, D): scores token 0
+    if response_len == 1:
+        return first
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(G)  # (B, H_kv, P, hd) per layer, differentiable
+    rest = base(
+        input_ids=input_ids[:, P:-1], attention_mask=attention_mask[:, :-1] if padded else None,
+        position_ids=position_ids[:, P:-1], past_key_values=cache, use_cache=True,
+    ).last_hidden_state  # fmt: skip  # (B, T - 1, D)
+    return torch.cat([first, rest], 1)
