@@ -28,6 +28,10 @@ STATEFUL = {
     # AEnt: no warm-up, a band far above the clamped entropy, so the coefficient climbs
     "aent": "ppo + aent(coef=0.0, low=50.0, high=60.0, coef_lr=0.01, min_coef=0.0, max_coef=1.0, "
     "warmup_steps=0)",
+    # target_entropy: a target scheduled across the entropy (the step moves it), a small P gain
+    # so that the choice is often unsaturated: the integral moves the desired change
+    "target_entropy": "ppo + target_entropy(target=4.62, target_end=4.5, schedule_steps=8, "
+    "lr=50.0, gain=0.05, ki=0.1, max_drop=0.5)",
 }
 STEPS = 10
 
@@ -99,6 +103,15 @@ def test_kill_9_then_resume_is_bit_exact_with_stateful_parts(tmp_path, name):
         coefs = [r["aent/coef"] for r in expected]
         assert coefs[0] == coefs[1] == 0.0 and coefs[resumed_from] > 0
         assert coefs[resumed_from:] == sorted(coefs[resumed_from:]) and coefs[-1] > coefs[2]
+    elif name == "target_entropy":  # the step drives the schedule, the integral the desired
+        for s, row in enumerate(expected):
+            want = 4.62 - 0.12 * min(s / 8, 1.0)
+            assert row["target_entropy/target"] == pytest.approx(want, rel=1e-6)
+        moved = [
+            abs(r["target_entropy/desired"] + 0.05 * r["target_entropy/error"]) > 1e-5
+            for r in expected[resumed_from:]
+        ]
+        assert any(moved)
     else:
         assert sum(r["clip_cov/frac_dropped"] > 0 for r in expected[resumed_from:]) >= 2
 

@@ -54,6 +54,16 @@ ENTROPIC_FRAC_HIGH = "entropic/frac_high"  # their share of the valid tokens
 ENTROPIC_TERM = "entropic/term"  # micro-batch-additive mean of the adjustment term
 AENT_COEF = "aent/coef"  # AEnt's clamped-entropy coefficient of the step
 AENT_CLAMPED_ENTROPY = "aent/clamped_entropy"  # micro-batch-additive mean H_c of kept tokens
+TARGET_ENTROPY_TARGET = "target_entropy/target"  # the step's target entropy H*
+TARGET_ENTROPY_ERROR = "target_entropy/error"  # mean H of valid tokens minus the target
+TARGET_ENTROPY_DESIRED = "target_entropy/desired"  # the change asked for, -(gain e + ki I)
+TARGET_ENTROPY_PREDICTED = "target_entropy/predicted"  # first-order dH of the applied mask
+TARGET_ENTROPY_PREDICTED_OFF = "target_entropy/predicted_off"  # ... with every token kept
+TARGET_ENTROPY_MU = "target_entropy/mu"  # the applied threshold (0 = none: every token kept)
+TARGET_ENTROPY_SATURATED = "target_entropy/saturated"  # 1 when the bound or "keep all" bound
+TARGET_ENTROPY_FRAC_DROPPED = "target_entropy/frac_dropped"
+TARGET_ENTROPY_FRAC_DROPPED_POS = "target_entropy/frac_dropped_pos"
+TARGET_ENTROPY_FRAC_DROPPED_NEG = "target_entropy/frac_dropped_neg"
 ARCHER_NUM_HIGH = "archer/num_high"  # global count of valid tokens above their response's quantile
 ARCHER_NUM_LOW = "archer/num_low"  # global count of the other valid tokens
 ARCHER_FRAC_HIGH = "archer/frac_high"  # share of valid tokens that are high-entropy

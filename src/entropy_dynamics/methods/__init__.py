@@ -4,7 +4,16 @@
 ``names()`` lists every registered part and preset; ``get(name)`` returns one.
 """
 
-from . import archer, clipping, controllers, filters, regularisers, reweight, surrogates  # noqa: F401
+from . import (  # noqa: F401
+    archer,
+    clipping,
+    controllers,
+    filters,
+    regularisers,
+    reweight,
+    surrogates,
+    target,
+)
 from . import presets as _presets  # noqa: F401  (registers the presets)
 from .base import Advantage, Filter, Part, Plan, Regulariser, Reweight, Surrogate, TokenBatch
 from .clipping import ClipVDecision, clip_b_mask, clip_v_decision, clip_v_mask

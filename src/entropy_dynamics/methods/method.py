@@ -299,6 +299,9 @@ class Method:
     def step_end(self, metrics: dict) -> None:
         """After the optimiser step: each stateful part gets its state and the step's logged
         ``metrics`` (``finalize_metrics``) and returns its new state."""
-        for part in self.parts:
-            if part.name in self._state and part.kind == "regulariser":
+        for part in self.parts:  # a filter without next_state advances its state in keep
+            if part.name in self._state and (
+                part.kind == "regulariser"
+                or (part.kind == "filter" and hasattr(part, "next_state"))
+            ):
                 self._state[part.name] = part.next_state(self._state[part.name], metrics)

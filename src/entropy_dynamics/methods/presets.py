@@ -104,6 +104,14 @@ PRESETS = {
         "the README config (start 2e-4, band [0.05, 0.23], step 1e-3, box [1e-5, 3e-3], "
         "warm-up 29 steps).",
     ),
+    "target_entropy": (
+        "ppo(dual_clip=3.0) + target_entropy",
+        "Ours (no anchor): Clip_B's released rule (as the 'clip_b' preset, same surrogate) with "
+        "mu chosen each step from {0.5, ..., 3} so that the batch entropy tracks a target "
+        "(0.5 by default; set target=), from the error H - target and the paper's first-order "
+        "prediction -alpha (S - N) of each candidate's effect, dropping at most 5 % of tokens; "
+        "base='clip_v' uses Clip_V's rule. See docs/methods.md for the rule and lr.",
+    ),
 }
 
 for _name, (_spec, _doc) in PRESETS.items():
