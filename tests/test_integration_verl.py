@@ -582,7 +582,7 @@ def test_legacy_runner_builds_our_trainer_through_verls_task_runner(legacy_run_f
     assert issubclass(actor, main_ppo_v0.BaseTaskRunner)
 
 
-def test_launcher_runs_the_legacy_trainer_in_a_ray_actor_up_to_the_gpus(legacy_run_files):
+def test_launcher_runs_the_legacy_trainer_in_a_ray_actor_up_to_the_gpus(legacy_run_files, tmp_path):
     """The documented command, `trainer.use_v1=false`, on a local CPU Ray cluster (1 CPU).
 
     Hydra composes the example; verl's main checks run; verl's run_ppo starts our TaskRunner as
@@ -598,6 +598,7 @@ def test_launcher_runs_the_legacy_trainer_in_a_ray_actor_up_to_the_gpus(legacy_r
         sys.executable, "-m", "entropy_dynamics.integrations.verl_main",
         f"--config-path={EXAMPLES}", "--config-name=entropy_clip_v", "trainer.use_v1=false",
         f"actor_rollout_ref.model.path={model}", "ray_kwargs.ray_init.num_cpus=1",
+        f"hydra.run.dir={tmp_path / 'hydra'}",  # Hydra's outputs/ stay out of the repository
     ]  # fmt: skip
     env = dict(
         os.environ,
