@@ -29,6 +29,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "clipped-tokens": ("clipped_tokens", "probabilities of the tokens PPO's ratio clip removes"),
     "methods": ("methods_compare", "entropy methods side by side: entropy, avg@k, pass@k"),
     "mu": ("mu_sweep", "Clip_B / Clip_V mu sweeps: fraction dropped and entropy"),
+    "entropy_target": ("entropy_target", "our controller vs fixed thresholds: holding a target H"),
 }
 DESCRIPTIONS = {name: desc for name, (_, desc) in _REGISTRY.items()}
 
