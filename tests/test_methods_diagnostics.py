@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from entropy_dynamics import diagnostics as dg
+from entropy_dynamics.lens import predicted_entropy_change
 from entropy_dynamics.methods import TokenBatch
 
 
@@ -13,12 +14,13 @@ def test_drop_fractions_hand_computed():
     mask = torch.tensor([[True, True, True, True, False]])
     keep = torch.tensor([[True, False, False, True, False]])
     advantages = torch.tensor([[1.0, 1.0, -1.0, -1.0, 1.0]])
-    out = dg.drop_fractions(keep, mask, advantages, prefix="clip_b")
+    names = (dg.CLIP_B_FRAC_DROPPED, dg.CLIP_B_FRAC_DROPPED_POS, dg.CLIP_B_FRAC_DROPPED_NEG)
+    out = dg.drop_fractions(keep, mask, advantages, names=names)
     # 2 of 4 valid dropped; of A > 0 (tokens 0, 1) one; of A < 0 (tokens 2, 3) one.
     assert out[dg.CLIP_B_FRAC_DROPPED].item() == pytest.approx(0.5)
     assert out[dg.CLIP_B_FRAC_DROPPED_POS].item() == pytest.approx(0.5)
     assert out[dg.CLIP_B_FRAC_DROPPED_NEG].item() == pytest.approx(0.5)
-    empty = dg.drop_fractions(keep & False, mask & False, advantages, prefix="clip_v")
+    empty = dg.drop_fractions(keep & False, mask & False, advantages, names=names)
     assert all(v.item() == 0.0 for v in empty.values())
 
 
@@ -52,9 +54,9 @@ def test_predicted_entropy_change():
         discriminator=S,
         baseline=N,
     )
-    out = dg.predicted_entropy_change(batch, lr=0.5)
+    out = predicted_entropy_change(batch, lr=0.5)
     assert out[dg.PRED_DELTA].item() == pytest.approx(0.0, abs=1e-7)
-    out = dg.predicted_entropy_change(batch, lr=0.5, ratio=torch.tensor([[1.0, 3.0, 1.0]]))
+    out = predicted_entropy_change(batch, lr=0.5, ratio=torch.tensor([[1.0, 3.0, 1.0]]))
     assert out[dg.PRED_DELTA].item() == pytest.approx((-0.1 + 0.3) / 2)
 
 

@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 
 from . import methods as methods_registry
-from . import theory
-from .distributed import global_sum
+from . import metric_names, theory
+from .distributed import global_sum, masked_mean_std
 from .methods import TokenBatch
 
-__all__ = ["QUADRANTS", "Lens", "entropy_lens", "token_contributions"]
+__all__ = ["QUADRANTS", "Lens", "entropy_lens", "predicted_entropy_change", "token_contributions"]
 
 # (advantage sign, S_* relative to N): Theorem 3.3 says A > 0 with S > N lowers entropy, ...
 QUADRANTS = ("A>0, S>N", "A>0, S<=N", "A<0, S>N", "A<0, S<=N")
@@ -44,6 +44,21 @@ def token_contributions(batch: TokenBatch, *, lr: float, ratio: Tensor | None = 
     alpha = theory.nominal_step(lr, batch.advantages, ratio=ratio)
     contribution = -alpha * (batch.discriminator - batch.baseline)
     return torch.where(batch.mask, contribution.detach(), 0.0)
+
+
+def predicted_entropy_change(
+    batch, *, lr: float, ratio: Tensor | None = None, group=None
+) -> dict[str, Tensor]:
+    """``{PRED_DELTA: mean over valid tokens of -lr r_t A_t (S_t - N_t)}`` (Theorem 3.3).
+
+    ``batch``: a ``methods.TokenBatch`` with ``baseline``; ``ratio``: optional ``[B, T]``.
+    The per-position first-order prediction of one step's entropy change (each position's logits
+    moved by its own token's update only), averaged batch-globally; compare it with the change of
+    ``ENTROPY_MEAN`` at the same positions after the step.
+    """
+    contribution = token_contributions(batch, lr=lr, ratio=ratio)
+    mean, _, _ = masked_mean_std(contribution, batch.mask, group=group)
+    return {metric_names.PRED_DELTA: mean}
 
 
 def _quadrants(batch: TokenBatch) -> dict[str, Tensor]:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from entropy_dynamics import diagnostics as dg
 from entropy_dynamics import methods
+from entropy_dynamics.lens import predicted_entropy_change
 from entropy_dynamics.methods import TokenBatch
 from entropy_dynamics.token_stats import discriminator_from_logprobs
 
@@ -103,5 +104,5 @@ def apply_entropy_masks(
     if lr is not None and tokens.baseline is not None:
         # each token's step is lr * r * A scaled by the plan (r = 1 at plan time: on-policy)
         step_scale = plan.keep.to(plan.weight.dtype) * plan.weight
-        metrics.update(dg.predicted_entropy_change(tokens, lr=lr, ratio=step_scale, group=group))
+        metrics.update(predicted_entropy_change(tokens, lr=lr, ratio=step_scale, group=group))
     return {METRIC_PREFIX + name: float(value) for name, value in metrics.items()}

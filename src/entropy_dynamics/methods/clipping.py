@@ -259,7 +259,11 @@ class ClipB(Filter):
             group=group,
         )
         metrics = dg.drop_fractions(
-            keep, batch.mask, batch.advantages, prefix="clip_b", group=group
+            keep,
+            batch.mask,
+            batch.advantages,
+            names=(dg.CLIP_B_FRAC_DROPPED, dg.CLIP_B_FRAC_DROPPED_POS, dg.CLIP_B_FRAC_DROPPED_NEG),
+            group=group,
         )
         metrics.update({dg.CLIP_B_S_MEAN: mean, dg.CLIP_B_S_STD: std})
         return keep, metrics
@@ -301,7 +305,11 @@ class ClipV(Filter):
             group=group,
         )
         metrics = dg.drop_fractions(
-            keep, batch.mask, batch.advantages, prefix="clip_v", group=group
+            keep,
+            batch.mask,
+            batch.advantages,
+            names=(dg.CLIP_V_FRAC_DROPPED, dg.CLIP_V_FRAC_DROPPED_POS, dg.CLIP_V_FRAC_DROPPED_NEG),
+            group=group,
         )
         # the std of S - N is entropy/s_minus_n_std, logged with the batch's entropy metrics
         metrics[dg.CLIP_V_CAPPED] = torch.tensor(float(capped), device=keep.device)

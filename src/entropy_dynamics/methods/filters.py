@@ -134,7 +134,15 @@ class ClipCov(Filter):
             group=group,
         )
         metrics = dg.drop_fractions(
-            keep, batch.mask, batch.advantages, prefix="clip_cov", group=group
+            keep,
+            batch.mask,
+            batch.advantages,
+            names=(
+                dg.CLIP_COV_FRAC_DROPPED,
+                dg.CLIP_COV_FRAC_DROPPED_POS,
+                dg.CLIP_COV_FRAC_DROPPED_NEG,
+            ),
+            group=group,
         )
         return keep, metrics, {"generator": generator.get_state()}
 
@@ -159,7 +167,15 @@ class TopEntropy(Filter):
     def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None):
         keep = top_entropy_mask(batch.entropy, batch.mask, rho=self.rho, group=group)
         return keep, dg.drop_fractions(
-            keep, batch.mask, batch.advantages, prefix="top_entropy", group=group
+            keep,
+            batch.mask,
+            batch.advantages,
+            names=(
+                dg.TOP_ENTROPY_FRAC_DROPPED,
+                dg.TOP_ENTROPY_FRAC_DROPPED_POS,
+                dg.TOP_ENTROPY_FRAC_DROPPED_NEG,
+            ),
+            group=group,
         )
 
 
@@ -204,6 +220,14 @@ class SignCondition(Filter):
             batch.discriminator, batch.advantages, batch.mask, sample=self.sample, side=self.side
         )
         metrics = dg.drop_fractions(
-            keep, batch.mask, batch.advantages, prefix="sign_condition", group=group
+            keep,
+            batch.mask,
+            batch.advantages,
+            names=(
+                dg.SIGN_CONDITION_FRAC_DROPPED,
+                dg.SIGN_CONDITION_FRAC_DROPPED_POS,
+                dg.SIGN_CONDITION_FRAC_DROPPED_NEG,
+            ),
+            group=group,
         )
         return keep, metrics

@@ -166,7 +166,17 @@ class TargetEntropy(Filter):
             chosen == most and desired > predicted[chosen]
         )
         keep = keeps[chosen]
-        metrics = dg.drop_fractions(keep, mask, batch.advantages, prefix=self.name, group=group)
+        metrics = dg.drop_fractions(
+            keep,
+            mask,
+            batch.advantages,
+            names=(
+                dg.TARGET_ENTROPY_FRAC_DROPPED,
+                dg.TARGET_ENTROPY_FRAC_DROPPED_POS,
+                dg.TARGET_ENTROPY_FRAC_DROPPED_NEG,
+            ),
+            group=group,
+        )
         values = {
             dg.TARGET_ENTROPY_TARGET: target,
             dg.TARGET_ENTROPY_ERROR: error,
