@@ -107,3 +107,35 @@ def test_gym_options_are_checked():
         tasks.get("chain_sum", min_terms=4, max_terms=2)
     with pytest.raises(ValueError, match="test_fraction"):
         tasks.get("countdown", test_fraction=0)
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer"),
+    [
+        ("The final answer to the given arithmetic problem is 10.", "10"),
+        ("7 - 9 = -2", "-2"),
+        ("first 3, then 4.5 and finally 12", "12"),
+        ("I think 3. <answer> 11 </answer> and 5", "11"),  # a tag wins over any number
+        ("no number here", "no number here"),
+    ],
+)
+def test_extract_answer_or_last_number(completion, answer):
+    from entropy_dynamics.tasks.base import extract_answer_or_last_number
+
+    assert extract_answer_or_last_number(completion) == answer
+
+
+def test_last_number_extraction_scores_an_untagged_answer():
+    strict = tasks.get("chain_sum", timeout_s=None, min_terms=2, max_terms=2, max_digits=1)
+    lenient = tasks.get("chain_sum", timeout_s=None, min_terms=2, max_terms=2, max_digits=1,
+                        extract="tag_or_last_number")  # fmt: skip
+    problem = lenient.problems("test", 1, seed=0)[0]
+    sentence = f"The final answer is {problem.answer}."
+    assert strict.reward(problem, sentence) == 0.0 and lenient.reward(problem, sentence) == 1.0
+    wrong = f"The final answer is {int(problem.answer) + 1}."
+    assert lenient.reward(problem, wrong) == 0.0
+    assert lenient.reward(problem, f"{problem.answer} <answer>{wrong}</answer>") == 0.0
+    with pytest.raises(ValueError, match=r"valid: tag$"):
+        tasks.get("countdown", extract="tag_or_last_number")  # its answers are expressions
+    with pytest.raises(ValueError, match="valid: tag, tag_or_last_number"):
+        tasks.get("chain_sum", extract="number")

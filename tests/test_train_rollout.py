@@ -149,3 +149,17 @@ def test_shared_prompt_pass_refuses_rows_not_grouped_by_prompt(policy):
         shared_prompt_hidden(model, ids, rollout.attention_mask, 3, 2)
     with pytest.raises(ValueError, match="divisible"):
         shared_prompt_hidden(model, rollout.input_ids[:3], rollout.attention_mask[:3], 3, 2)
+
+
+def test_draw_follows_the_probabilities_and_skips_zero_probability_tokens():
+    from entropy_dynamics.train.rollout import _draw
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.25, 0.25, 0.0]]).repeat(40_000, 1)  # (B, V)
+    tokens = _draw(probs, torch.Generator().manual_seed(0))
+    counts = torch.bincount(tokens, minlength=6).double() / tokens.numel()
+    assert counts[[0, 2, 5]].sum() == 0  # never a token top-p cut (probability 0)
+    torch.testing.assert_close(counts, probs[0].double(), atol=0.01, rtol=0)  # 4 sigma ~ 0.01
+    again = _draw(probs, torch.Generator().manual_seed(0))
+    assert torch.equal(tokens, again)  # seeded
+    one_hot = torch.zeros(3, 5).index_fill_(1, torch.tensor([4]), 1.0)
+    assert _draw(one_hot, torch.Generator().manual_seed(1)).tolist() == [4, 4, 4]

@@ -95,6 +95,18 @@ def extract_tagged_answer(completion: str) -> str:
     return (matches[-1] if matches else completion).strip()
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def extract_answer_or_last_number(completion: str) -> str:
+    """The text inside the LAST `<answer>...</answer>` pair, stripped; else the last number in
+    the completion ("The sum is -4." -> "-4"); else the whole completion stripped."""
+    if _ANSWER_TAG.search(completion):
+        return extract_tagged_answer(completion)
+    numbers = _NUMBER.findall(completion)
+    return numbers[-1] if numbers else completion.strip()
+
+
 # --------------------------------------------------------------------------- splits
 
 

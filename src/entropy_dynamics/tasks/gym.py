@@ -18,12 +18,16 @@ from .base import (
     check_fraction,
     check_split_request,
     collect_split,
+    extract_answer_or_last_number,
     extract_tagged_answer,
     stable_hash,
 )
 from .isolated import IsolatedWorker
 
 GYM_TASKS = ("countdown", "chain_sum", "basic_arithmetic", "gsm_symbolic")
+EXTRACTORS = {"tag": extract_tagged_answer, "tag_or_last_number": extract_answer_or_last_number}
+"""How the answer is read from a completion (the `extract` option)."""
+NUMERIC_TASKS = ("chain_sum", "basic_arithmetic", "gsm_symbolic")
 ANSWER_INSTRUCTION = "Put only the final answer between <answer> and </answer>."
 
 
@@ -53,7 +57,9 @@ class ReasoningGymTask(Task):
 
     Prompt: the dataset's question; `format_prompt` appends `ANSWER_INSTRUCTION`.
     Reward: the answer is the text in the last `<answer>...</answer>` of the completion (else the
-    whole completion, stripped), scored by the dataset's own `score_answer`. By default the reward
+    whole completion, stripped; with `extract="tag_or_last_number"`, else the last number in it,
+    for small instruct models that answer "The sum is 7." and ignore the tags; numeric datasets
+    only), scored by the dataset's own `score_answer`. By default the reward
     is binary, 1.0 iff that score is 1 (reasoning-gym gives e.g. 0.01 / 0.05 partial credit for
     malformed or wrong countdown answers); `partial_credit=True` passes its score through.
     The verifier runs in a worker process killed after `timeout_s` seconds (`RewardTimeout`);
@@ -70,10 +76,14 @@ class ReasoningGymTask(Task):
         test_fraction: float = 0.2,
         partial_credit: bool = False,
         timeout_s: float | None = 2.0,
+        extract: str = "tag",
         **config: Any,
     ) -> None:
         if dataset not in GYM_TASKS:
             raise ValueError(f"dataset must be one of {GYM_TASKS}, got {dataset!r}")
+        if extract not in EXTRACTORS or (extract != "tag" and dataset not in NUMERIC_TASKS):
+            valid = list(EXTRACTORS) if dataset in NUMERIC_TASKS else ["tag"]
+            raise ValueError(f"extract={extract!r} for {dataset}; valid: {', '.join(valid)}")
         gym = _import_reasoning_gym()
         _, config_cls = gym.factory.DATASETS[dataset]
         allowed = sorted(
@@ -91,6 +101,7 @@ class ReasoningGymTask(Task):
         self.config = tuple(sorted(config.items()))
         self.test_fraction = check_fraction("test_fraction", test_fraction)
         self.partial_credit = bool(partial_credit)
+        self.extract = extract
         self.worker = (
             None
             if timeout_s is None
@@ -137,7 +148,7 @@ class ReasoningGymTask(Task):
             "answer": problem.answer,
             "metadata": problem.meta.get("metadata", {}),
         }
-        args = (self.dataset, self.config, extract_tagged_answer(completion), entry)
+        args = (self.dataset, self.config, EXTRACTORS[self.extract](completion), entry)
         score = _score(*args) if self.worker is None else self.worker.call(_score, *args)
         if self.partial_credit:
             return min(max(score, 0.0), 1.0)

@@ -170,8 +170,8 @@ class LlamaDecoder:
             gate = F.silu(F.linear(x, mlp.gate_proj.weight, mlp.gate_proj.bias))
             up = F.linear(x, mlp.up_proj.weight, mlp.up_proj.bias)
             hidden = residual + F.linear(gate * up, mlp.down_proj.weight, mlp.down_proj.bias)
-        hidden = _rms_norm(hidden, model.model.norm)
-        logits = F.linear(hidden, model.lm_head.weight, model.lm_head.bias)  # (B, S, V)
+        hidden = _rms_norm(hidden[:, -1:], model.model.norm)  # only the last column is scored
+        logits = F.linear(hidden, model.lm_head.weight, model.lm_head.bias)  # (B, 1, V)
         self.length = L
         return logits[:, -1].float()
 
