@@ -74,20 +74,30 @@ def test_demo_writes_report_and_summary_with_the_documented_schema(tmp_path, cap
     out = tmp_path / "demo"
     code = cli.main(["demo", "--out", str(out), "steps=2", "model.sft_steps=3",
                      f"model.sft_cache={tmp_path / 'sft'}", "model.sft_batch_size=8",
-                     "task.n_eval=3", "logging.eval_k=2", "logging.eval_every=0",
+                     "task.n_eval=3", "logging.eval_k=2", "logging.eval_every=2",
                      "logging.progress=false", "logging.tensorboard=false",
                      "rollout.prompts_per_step=2", "rollout.group_size=2"])  # fmt: skip
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"duration_s", "runs"} and isinstance(summary["duration_s"], float)
-    assert [run["name"] for run in summary["runs"]] == ["grpo", "clip_b", "clip_v"]
+    assert set(summary) == {"duration_s", "seeds", "k", "runs", "methods", "versus_first"}
+    assert isinstance(summary["duration_s"], float) and summary["seeds"] == [0, 1, 2]
+    names = ["grpo", "clip_b", "clip_v"]
+    assert [(run["name"], run["seed"]) for run in summary["runs"]] == [
+        (name, seed) for name in names for seed in (0, 1, 2)
+    ]
     for run in summary["runs"]:
-        assert set(run) == {"name", "method", "seed", "final"}
+        assert set(run) == {"name", "method", "seed", "start", "final"}
         assert isinstance(run["method"], str) and isinstance(run["seed"], int)
-        assert set(run["final"]) == {"entropy", "reward", "avg@k", "pass@k", "k"}
+        assert set(run["start"]) == {"avg@k", "pass@k", "greedy"}  # the step-0 evaluation
+        assert set(run["final"]) == {"entropy", "reward", "avg@k", "pass@k", "greedy", "k"}
         assert run["final"]["k"] == 2
         assert all(isinstance(run["final"][key], float) for key in ("entropy", "reward",
                                                                      "avg@k", "pass@k"))  # fmt: skip
-    assert (out / "report.md").exists() and (out / "report.html").exists()
-    assert list((out / "figures").glob("*.png"))
-    assert len(list((tmp_path / "sft").glob("*.safetensors"))) == 1  # one warm start, shared
+    assert list(summary["methods"]) == names and list(summary["versus_first"]) == names[1:]
+    for block in summary["methods"].values():
+        for change in block["change"].values():
+            assert change["lo"] <= change["mean"] <= change["hi"]
+    report = (out / "report.md").read_text()
+    assert "start (step 0) vs after RL, 3 seeds" in report and (out / "report.html").exists()
+    assert (out / "figures" / "demo.png").exists()
+    assert len(list((tmp_path / "sft").glob("*.safetensors"))) == 3  # one per seed, shared

@@ -31,12 +31,15 @@ __all__ = [
     "Claim",
     "ExperimentResult",
     "Timer",
+    "bootstrap_difference",
     "correlations",
     "fit_loglog_slope",
     "jsonable",
     "markdown_table",
     "new_figure",
+    "per_problem",
     "save_figure",
+    "seed_interval",
     "sign_agreement",
     "write_report",
     "write_result",
@@ -263,3 +266,65 @@ def sign_agreement(predicted: Sequence[float], measured: Sequence[float]) -> flo
     p = np.sign(np.asarray(predicted, dtype=np.float64).ravel())
     m = np.sign(np.asarray(measured, dtype=np.float64).ravel())
     return float((p == m).mean()) if len(p) else float("nan")
+
+
+# Two-sided 95 % quantiles of Student's t by degrees of freedom (no scipy dependency).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def seed_interval(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and 95 % Student-t interval of per-seed values (e.g. a paired difference per seed).
+
+    ``{"mean", "lo", "hi", "n"}``; one value gives ``lo = hi = None`` (no interval from one seed).
+    A claim "A above B" holds when the interval of the per-seed differences A - B has ``lo > 0``.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    mean = float(x.mean())
+    if len(x) < 2:
+        return {"mean": mean, "lo": None, "hi": None, "n": len(x)}
+    half = _T975.get(len(x) - 1, 1.96) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": len(x)}
+
+
+def per_problem(hist: Sequence[int], metric: str) -> np.ndarray:
+    """Per-problem values from an evaluation's pass-count histogram (``hist[j]`` problems had j of
+    k samples right): ``"avg"`` gives j / k per problem, ``"pass"`` gives 1 where j > 0 (pass@k
+    at the full k)."""
+    hist = np.asarray(hist, dtype=np.int64)
+    k = len(hist) - 1
+    correct = np.repeat(np.arange(k + 1), hist)
+    if metric == "avg":
+        return correct / k
+    if metric == "pass":
+        return (correct > 0).astype(np.float64)
+    raise ValueError(f"metric must be 'avg' or 'pass', got {metric!r}")
+
+
+def bootstrap_difference(
+    before: Sequence[np.ndarray], after: Sequence[np.ndarray], *, n_boot: int = 4000, seed: int = 0
+) -> dict[str, float]:
+    """Mean over seeds of ``mean(after[s]) - mean(before[s])`` with a 95 % percentile interval,
+    resampling each seed's problems with replacement (before and after independently).
+
+    ``before[s]`` / ``after[s]``: per-problem values ``[P]`` of seed s (``per_problem``). The
+    resampling is unpaired, which is conservative when a problem's before and after are
+    positively correlated (they are: easy problems stay easy). Seeded: the same inputs give the
+    same interval. ``{"mean", "lo", "hi"}``; a change is called real when the interval excludes 0.
+    """
+    if len(before) != len(after) or not before:
+        raise ValueError(
+            f"need one before and one after per seed, got {len(before)} / {len(after)}"
+        )
+    rng = np.random.default_rng(seed)
+
+    def resampled_means(groups: Sequence[np.ndarray]) -> np.ndarray:  # [n_boot]
+        total = np.zeros(n_boot)
+        for values in groups:
+            values = np.asarray(values, dtype=np.float64)
+            total += values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
+        return total / len(groups)
+
+    point = float(np.mean([np.mean(a) - np.mean(b) for b, a in zip(before, after, strict=True)]))
+    draws = resampled_means(after) - resampled_means(before)
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    return {"mean": point, "lo": float(lo), "hi": float(hi)}
