@@ -41,9 +41,9 @@ class IsolatedDigitTask(DigitTask):
 
 
 class ExitingDigitTask(DigitTask):
-    """A reward function that calls sys.exit on completions containing '1'."""
+    """A reward function that calls sys.exit on every other problem (whatever was sampled)."""
 
     def reward(self, problem, completion: str) -> float:
-        if "1" in completion:
+        if problem["id"] % 2 == 0:
             sys.exit(3)
         return super().reward(problem, completion)

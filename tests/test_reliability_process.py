@@ -190,8 +190,11 @@ def test_exploding_weights_stop_the_run_without_saving_them(tmp_path, capsys):
         "warning at start, then the run stops at step 1: 'weights diverged', exit 1, nothing "
         "of them saved",
     )
+    # weight decay makes the step destroy the weights whatever was sampled: an untrained model
+    # may score 0 on every arithmetic prompt, and a zero gradient moves nothing under Adam
     code, _, err = run_cli(capsys, *train_args(tmp_path / "run", "steps=3", "optim.lr=1e30",
-                           "optim.grad_clip=0", "logging.checkpoint_every=1"))  # fmt: skip
+                           "optim.grad_clip=0", "optim.weight_decay=0.01",
+                           "logging.checkpoint_every=1"))  # fmt: skip
     assert code == 1 and "Traceback" not in err
     assert "unusually large" in err and "weights diverged" in err and "optim.grad_clip" in err
     assert ckpt.list_checkpoints(tmp_path / "run") == []
