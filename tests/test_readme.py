@@ -29,3 +29,11 @@ def test_make_targets_named_in_readme_exist():
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     for target in set(re.findall(r"make ([a-z-]+)", README)):
         assert re.search(rf"^{target}:", makefile, re.M), f"README names `make {target}`"
+
+
+def test_methods_table_lists_every_registered_preset():
+    from entropy_dynamics.methods import names
+
+    section = README.split("## Methods", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `([a-z_]+)` \|", section, re.M)
+    assert sorted(listed) == names("preset")
