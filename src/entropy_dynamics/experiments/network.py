@@ -184,10 +184,16 @@ def _run_model(name: str, size: dict, quick: bool, tmp_dir) -> tuple[dict, dict]
     for optimizer, lrs in (QUICK_LRS if quick else LRS[name]).items():
         rows = []
         for lr in lrs:
-            batch, points = _batch_step(model, state, rollout, z0, gen, optimizer=optimizer, lr=lr)
-            token = _token_steps(
-                model, state, rollout, z0, gen, size["token_trials"], optimizer=optimizer, lr=lr
+            # the same advantages and trained tokens at every lr: only the step size changes,
+            # so the residual's slope against lr measures its order, not a new direction
+            step_gen = torch.Generator().manual_seed(1)
+            batch, points = _batch_step(
+                model, state, rollout, z0, step_gen, optimizer=optimizer, lr=lr
             )
+            token = _token_steps(
+                model, state, rollout, z0, step_gen, size["token_trials"], optimizer=optimizer,
+                lr=lr,
+            )  # fmt: skip
             rows.append({"lr": lr, "batch": batch, "token": token})
         scatter[optimizer] = points  # the smallest lr's batch step
         info["by_optimizer"][optimizer] = rows
