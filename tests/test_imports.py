@@ -106,6 +106,15 @@ def test_no_import_cycle():
             visit(module)
 
 
+def test_our_modules_are_imported_at_the_top_unless_they_pull_in_a_heavy_dependency():
+    offenders = []
+    for module in sorted(MODULES):
+        for line, target in _imports(module)[1]:
+            if target in MODULES and not _pulls_heavy(target):
+                offenders.append(f"{MODULES[module].relative_to(SRC)}:{line} imports {target}")
+    assert not offenders, "import these at the top of the file:\n" + "\n".join(offenders)
+
+
 def test_metric_names_module_imports_nothing_and_every_name_is_used():
     top, inner = _imports("entropy_dynamics.metric_names")
     assert not top and not inner

@@ -24,6 +24,17 @@ import os
 import sys
 from pathlib import Path
 
+# Light modules only (no torch): `entropy-dynamics --help` stays under a second; each command
+# imports what pulls in torch or transformers when it runs.
+from entropy_dynamics.train.config import describe_fields, load_config
+from entropy_dynamics.train.demo import run_demo
+from entropy_dynamics.train.lens_cli import run_lens
+
+try:
+    from entropy_dynamics.experiments.cli import register as register_experiments
+except ImportError:  # experiments not installed in this build
+    register_experiments = None
+
 MAX_MESSAGE_CHARS = 600
 """An error line longer than this is cut (a 1 MB spec must not give a 1 MB message)."""
 
@@ -35,8 +46,7 @@ _OVERRIDES_HELP = (
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from entropy_dynamics.train.config import load_config
-    from entropy_dynamics.train.loop import NonFiniteLossError, train
+    from entropy_dynamics.train.loop import NonFiniteLossError, train  # torch, transformers
 
     overrides = list(args.overrides)
     if args.run_dir:
@@ -73,8 +83,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from entropy_dynamics.train.demo import run_demo
-
     summary = run_demo(
         config=args.config, out_dir=Path(args.out), overrides=list(args.overrides),
         methods=args.methods,
@@ -82,7 +90,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for run in summary["runs"]:
         final = run["final"]
         print(
-            f"{run['name']:8s} entropy {final['entropy']:.3f}  reward {final['reward']:.3f}  "
+            f"{run['name']:8s} seed {run['seed']}  entropy {final['entropy']:.3f}  "
+            f"reward {final['reward']:.3f}  "
             f"avg@{final['k']} {final['avg@k']:.3f}  pass@{final['k']} {final['pass@k']:.3f}"
         )
     print(f"demo took {summary['duration_s']:.0f} s; report: {Path(args.out) / 'report.md'}")
@@ -90,8 +99,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_lens(args: argparse.Namespace) -> int:
-    from entropy_dynamics.train.lens_cli import run_lens
-
     return run_lens(Path(args.run_dir), step=args.step, out=args.out)
 
 
@@ -102,8 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
         "with GRPO / Clip_B / Clip_V / ..., evaluate, and report how policy entropy moves.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    from entropy_dynamics.train.config import describe_fields  # light: yaml and dataclasses
 
     p = sub.add_parser("train", help="train a policy with the compact GRPO loop",
                        description="Train with the compact single-device GRPO loop. Writes "
@@ -173,12 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the lens result as JSON here")
     p.set_defaults(func=_cmd_lens)
 
-    try:
-        from entropy_dynamics.experiments.cli import register
-    except ImportError:  # experiments not installed in this build
-        pass
-    else:
-        register(sub)
+    if register_experiments is not None:
+        register_experiments(sub)
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     for command in sub.choices.values():  # also accepted after the command's name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

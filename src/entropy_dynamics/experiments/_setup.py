@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from entropy_dynamics.train.config import load_config
+from entropy_dynamics.train.logging import read_jsonl
+
 # The warm start and the RL task. One place, so every experiment shares one cached SFT model.
 # Chosen by short GRPO probes on this machine (150 steps each): with 2-term one-digit
 # arithmetic the warm start is right ~40 % of the time; GRPO at lr 5e-4 raises that to ~60 %
@@ -38,8 +41,6 @@ BASE_OVERRIDES = [
 
 def base_config(run_dir: str | Path, *overrides: str):
     """A ``TrainConfig``: ``BASE_OVERRIDES``, then ``overrides``, writing to ``run_dir``."""
-    from entropy_dynamics.train.config import load_config
-
     return load_config(None, [*BASE_OVERRIDES, *overrides, f"logging.run_dir={run_dir}"])
 
 
@@ -63,6 +64,4 @@ def train_run(run_dir: str | Path, size: dict, *, seed: int, spec: str, extra=()
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The run's ``metrics.jsonl`` rows (one per step)."""
-    from entropy_dynamics.train.logging import read_jsonl
-
     return read_jsonl(Path(run_dir) / "metrics.jsonl")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._setup import read_metrics, train_run
+from ._setup import base_config, read_metrics, train_run
 from .common import ExperimentResult, markdown_table, new_figure, save_figure, seed_interval
 
 TARGET = 0.65  # the warm start's entropy is about 0.7; GRPO's falls below 0.6 in 100 steps
@@ -46,7 +46,6 @@ LR_RATIO_RANGE = (1.0, 1e4)  # the calibration ratio is clipped into this range
 def _calibrate(run_dir: Path, size: dict) -> dict:
     """The measured / predicted ratio of the first-order entropy change under GRPO (probe)."""
     from ..train.loop import train
-    from ._setup import base_config  # the trainer's lr, as the runs use it
 
     cfg = base_config(run_dir, *size["overrides"], f"steps={size['calibration_steps']}",
                       "seed=0", "method.spec=grpo", "logging.probe_every=1")  # fmt: skip

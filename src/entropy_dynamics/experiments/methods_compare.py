@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..train.logging import read_jsonl
 from ._setup import train_run
 from .common import (
     ExperimentResult,
@@ -49,8 +50,6 @@ WINDOW = 5  # steps averaged for the "final" entropy and reward
 
 
 def _run(run_dir: Path, spec: str, seed: int, size: dict) -> dict:
-    from ..train.logging import read_jsonl
-
     rows = train_run(run_dir, size, seed=seed, spec=spec, extra=[f"logging.eval_k={size['k']}"])
     evaluation = read_jsonl(run_dir / "eval.jsonl")[-1]
     k = evaluation["k"]

@@ -21,6 +21,7 @@ import torch
 
 from .. import theory
 from ..aggregation import aggregate
+from ..tasks import get as get_task
 from ..token_stats import token_stats
 from ._setup import base_config
 from .common import (
@@ -55,7 +56,6 @@ ORDER_FIT_LRS = 2
 
 def _load(name: str, tmp_dir):
     """(model in fp64, tokenizer, prompts) for "tiny" (SFT warm start, cached) or "smollm2"."""
-    from ..tasks import get as get_task
     from ..train.setup import build_policy
 
     extra = [] if name == "tiny" else ["model.sft_steps=0", "model.tiny={}"]

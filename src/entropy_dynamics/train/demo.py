@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 
 from entropy_dynamics.experiments.common import bootstrap_difference, per_problem, seed_interval
+from entropy_dynamics.train.config import load_config
+from entropy_dynamics.train.demo_figure import draw_demo
+from entropy_dynamics.train.logging import read_jsonl
 
 FINAL_WINDOW = 10
 # The paper's defaults (clip_b mu=2.5; clip_v mu=8.5, max_frac=1e-4) drop no token at the demo's
@@ -67,7 +70,6 @@ def _held_out(evaluation: dict) -> dict:
 def final_summary(run_dir: Path, *, window: int = FINAL_WINDOW) -> dict:
     """The run's "final" block of summary.json, read from its metrics.jsonl and eval.jsonl."""
     from entropy_dynamics import diagnostics as dg
-    from entropy_dynamics.train.logging import read_jsonl
 
     steps = read_jsonl(run_dir / "metrics.jsonl")
     tail = [row for row in steps if dg.ENTROPY_MEAN in row][-window:]
@@ -83,8 +85,6 @@ def final_summary(run_dir: Path, *, window: int = FINAL_WINDOW) -> dict:
 
 
 def _last_step(run_dir: Path) -> int:
-    from entropy_dynamics.train.logging import read_jsonl
-
     rows = read_jsonl(Path(run_dir) / "metrics.jsonl")
     return int(rows[-1]["step"]) if rows else 0
 
@@ -105,8 +105,6 @@ def compare_to_start(run_dirs: list[Path]) -> dict:
 
     Needs an evaluation at step 0 (`logging.eval_every` > 0) and one after the last step.
     """
-    from entropy_dynamics.train.logging import read_jsonl
-
     firsts, lasts = [], []
     for run_dir in run_dirs:
         evals = read_jsonl(Path(run_dir) / "eval.jsonl")
@@ -134,8 +132,6 @@ def compare_to_start(run_dirs: list[Path]) -> dict:
 def compare_methods(first: list[Path], other: list[Path]) -> dict:
     """`other`'s seeds minus `first`'s: final held-out metrics with bootstrap intervals over
     problems, and final entropy with a Student-t interval over seeds (paired by seed)."""
-    from entropy_dynamics.train.logging import read_jsonl
-
     last = lambda dirs: [read_jsonl(Path(d) / "eval.jsonl")[-1] for d in dirs]  # noqa: E731
     a, b = last(first), last(other)
     out = {
@@ -162,7 +158,6 @@ def run_demo(
 ) -> dict:
     """Train each method for each seed from the same warm start, then write report and summary."""
     from entropy_dynamics.report import write_report
-    from entropy_dynamics.train.config import load_config
     from entropy_dynamics.train.loop import train
 
     started = time.perf_counter()
@@ -190,7 +185,6 @@ def run_demo(
             runs.append({"name": name, "method": spec, "seed": seed, "run_dir": run_dir})
     run_dirs = [run.pop("run_dir") for run in runs]
     write_report(run_dirs, out_dir, title="entropy-dynamics demo: GRPO vs Clip_B vs Clip_V")
-    from entropy_dynamics.train.logging import read_jsonl
 
     for run, run_dir in zip(runs, run_dirs, strict=True):
         run["start"] = _held_out(read_jsonl(run_dir / "eval.jsonl")[0])
@@ -203,7 +197,6 @@ def run_demo(
         "methods": {name: compare_to_start(dirs) for name, dirs in groups.items()},
         "versus_first": {n: compare_methods(groups[names[0]], groups[n]) for n in names[1:]},
     }
-    from entropy_dynamics.train.demo_figure import draw_demo
 
     draw_demo(groups, out_dir / "figures" / "demo.png")
     with (out_dir / "report.md").open("a", encoding="utf-8") as report:

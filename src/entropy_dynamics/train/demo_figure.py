@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from entropy_dynamics.train.logging import read_jsonl
+
 
 def _series(run_dirs: list[Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """key -> (steps [S], values [seeds, S]) for entropy and the held-out metrics."""
     from entropy_dynamics import diagnostics as dg
-    from entropy_dynamics.train.logging import read_jsonl
 
     out = {}
     metrics = [read_jsonl(Path(d) / "metrics.jsonl") for d in run_dirs]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from entropy_dynamics.train import checkpoint as ckpt
 from entropy_dynamics.train.config import load_config
+from entropy_dynamics.train.logging import put_eval_record, warn
 
 
 def evaluate_run(
@@ -23,7 +24,6 @@ def evaluate_run(
     same (step, k, checkpoint), so re-running an evaluation never duplicates it. `progress`:
     show the prompts done on stderr."""
     from entropy_dynamics.train.evaluate import evaluate
-    from entropy_dynamics.train.logging import put_eval_record, warn
     from entropy_dynamics.train.rewards import SafeReward
     from entropy_dynamics.train.setup import build_policy, get_task
 

@@ -12,6 +12,8 @@ import json
 import re
 from pathlib import Path
 
+from entropy_dynamics.train.config import load_config
+
 _BATCH_FILE = re.compile(r"^step-(\d+)\.pt$")
 
 
@@ -80,7 +82,6 @@ def run_lens(run_dir: Path, *, step: int | None = None, out: str | None = None) 
     """Print the lens table for one saved batch (default: the latest); optionally write JSON."""
     from entropy_dynamics import methods
     from entropy_dynamics.lens import entropy_lens
-    from entropy_dynamics.train.config import load_config
 
     batches = saved_batches(run_dir)
     if not batches:

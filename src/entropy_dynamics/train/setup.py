@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from entropy_dynamics import tasks
 from entropy_dynamics.train.config import TrainConfig
 from entropy_dynamics.train.rollout import prompt_token_ids, use_chat_template
 
@@ -77,7 +78,6 @@ def _check_tiny_options(build, options: dict) -> None:
 
 def get_task(cfg: TrainConfig):
     """`tasks.get(cfg.task.name, **cfg.task.options)`, with a wrong option named as a config field."""
-    from entropy_dynamics import tasks
 
     try:
         return tasks.get(cfg.task.name, **cfg.task.options)

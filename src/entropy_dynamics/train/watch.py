@@ -19,6 +19,7 @@ from torch import Tensor
 from entropy_dynamics.distributed import global_sum
 from entropy_dynamics.methods import TokenBatch
 from entropy_dynamics.methods.thresholds import drop_share_threshold
+from entropy_dynamics.train.logging import warn
 
 NO_DROP_STEPS = 20
 """A filter that dropped no token in this many steps in a row is reported (0: never)."""
@@ -27,8 +28,6 @@ ZERO_REWARD, ZERO_ADVANTAGE = "zero_reward", "zero_advantage"
 
 
 def _default_warn(message: str) -> None:
-    from entropy_dynamics.train.logging import warn
-
     warn(message)
 
 
