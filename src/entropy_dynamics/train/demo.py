@@ -44,7 +44,8 @@ DEFAULT_METHODS = (
     "clip_v=clip_v(mu=2.0, max_frac=0.05)",
 )
 DEFAULT_SEEDS = (0, 1, 2)
-DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
+# package data (configs/ at the repository root links here), so an installed wheel has it too
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 HELD_OUT = ("avg@k", "pass@k", "greedy")  # the held-out metrics compared with the start
 
 
