@@ -41,7 +41,10 @@ def test_shipped_configs_load(name):
         ("rollout.group_size=0", "rollout.group_size=0 is invalid; valid: an integer >= 1"),
         ("rollout.top_p=1.5", "valid: a float in (0, 1]"),
         ("rollout.group_size=two", "valid: a value of type int"),
-        ("rollout.groupsize=4", "valid fields of rollout: chat_template, group_size, max_new_tokens"),
+        (
+            "rollout.groupsize=4",
+            "valid fields of rollout: chat_template, group_size, max_new_tokens",
+        ),
         ("optimizer.lr=1", "valid keys: model, task, rollout, method, optim, logging"),
         ("method.aggregation=mean", "valid modes: token-mean, seq-mean-token-mean"),
         ("method.advantage=ppo", "valid"),

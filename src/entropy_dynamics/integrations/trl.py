@@ -65,9 +65,7 @@ _AGGREGATION = {
 # Plan metrics that repeat one of `diagnostics.entropy_metrics` (every filter sees the batch's
 # valid tokens, so Clip_B's mean / std of S_* and Clip_V's std of N - S are the batch's own):
 # logged once, under the entropy/ name.
-_DUPLICATE_METRICS = frozenset(
-    {diagnostics.CLIP_B_S_MEAN, diagnostics.CLIP_B_S_STD}
-)
+_DUPLICATE_METRICS = frozenset({diagnostics.CLIP_B_S_MEAN, diagnostics.CLIP_B_S_STD})
 
 
 @dataclass
