@@ -421,6 +421,20 @@ def test_actor_loss_refuses_verl_settings_it_would_ignore():
         plugin.build_method(OmegaConf.create(
             {"entropy_dynamics": {"method": "ppo + kl_ref"}, "actor_rollout_ref": {"actor": actor}}
         ))  # fmt: skip
+    actor = OmegaConf.create({"entropy_coeff": 0, "use_kl_loss": False, "calculate_entropy": True})
+    for spec in (
+        "adaptive_entropy_bonus",
+        "entropic",
+        "target_entropy",
+    ):  # state moves after a step
+        with pytest.raises(ValueError, match="do not feed back"):
+            plugin.build_method(OmegaConf.create(
+                {"entropy_dynamics": {"method": spec}, "actor_rollout_ref": {"actor": actor}}
+            ))  # fmt: skip
+    # Clip-Cov's state moves in the driver's plan, so it runs
+    plugin.build_method(OmegaConf.create(
+        {"entropy_dynamics": {"method": "clip_cov"}, "actor_rollout_ref": {"actor": actor}}
+    ))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the legacy trainer

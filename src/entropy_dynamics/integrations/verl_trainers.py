@@ -40,6 +40,12 @@ def build_method(config) -> methods.Method:
         )
     method = methods.build(OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else spec)
     check_actor_config(method, config.actor_rollout_ref.actor)
+    if method.updated_after_step:
+        raise ValueError(
+            f"{method.spec}: {', '.join(method.updated_after_step)} update their state after each "
+            "optimiser step from the actor's metrics, which the verl trainers do not feed back "
+            "yet (their coefficient would stay at its start); use our trainer or TRL for them"
+        )
     return method
 
 

@@ -296,12 +296,24 @@ class Method:
             restored[name] = {key: value.detach().clone() for key, value in given.items()}
         self._state = restored
 
+    @property
+    def updated_after_step(self) -> tuple[str, ...]:
+        """Names of the stateful parts whose state moves in ``step_end`` (from the step's logged
+        metrics), as opposed to Clip-Cov's, which moves in ``plan``; a trainer that uses this
+        method must call ``step_end`` after each optimiser step."""
+        return tuple(
+            part.name
+            for part in self.parts  # a filter without next_state advances its state in keep
+            if part.name in self._state
+            and (
+                part.kind == "regulariser"
+                or (part.kind == "filter" and hasattr(part, "next_state"))
+            )
+        )
+
     def step_end(self, metrics: dict) -> None:
         """After the optimiser step: each stateful part gets its state and the step's logged
         ``metrics`` (``finalize_metrics``) and returns its new state."""
-        for part in self.parts:  # a filter without next_state advances its state in keep
-            if part.name in self._state and (
-                part.kind == "regulariser"
-                or (part.kind == "filter" and hasattr(part, "next_state"))
-            ):
-                self._state[part.name] = part.next_state(self._state[part.name], metrics)
+        parts = {part.name: part for part in self.parts}
+        for name in self.updated_after_step:
+            self._state[name] = parts[name].next_state(self._state[name], metrics)
