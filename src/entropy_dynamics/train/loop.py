@@ -31,6 +31,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -41,7 +42,7 @@ from entropy_dynamics.clamped_entropy import clamped_entropy, clamped_entropy_fr
 from entropy_dynamics.methods import TokenBatch
 from entropy_dynamics.models import model_output_layer
 from entropy_dynamics.theory import nominal_step
-from entropy_dynamics.token_stats import token_stats, token_stats_from_hidden
+from entropy_dynamics.token_stats import TokenStats, token_stats, token_stats_from_hidden
 from entropy_dynamics.train import checkpoint as ckpt
 from entropy_dynamics.train.config import TrainConfig, config_warnings, save_config
 from entropy_dynamics.train.evaluate import evaluate
@@ -286,14 +287,15 @@ def train_step(run: Run, problems: list) -> dict | None:
     B = mask.shape[0]
     micro = cfg.method.micro_batch_size or B
     fused = micro >= B and cfg.method.ppo_epochs == 1  # one forward serves statistics and loss
-    stats, head_input = score(run, rollout, slice(None), grad=fused)
-    clamped = _clamped_entropy(run, head_input, mask)  # None unless the method needs it (AEnt)
+    scored = score(run, rollout, slice(None), grad=fused)
+    stats = scored.stats
+    clamped = _clamped_entropy(run, scored, mask)  # None unless the method needs it (AEnt)
     old_logprobs = stats.logprobs.detach()
     ref_logprobs = None
     if run.reference is not None:
-        ref_logprobs = score(run, rollout, slice(None), grad=False, policy=run.reference)[
-            0
-        ].logprobs
+        ref_logprobs = score(
+            run, rollout, slice(None), grad=False, policy=run.reference
+        ).stats.logprobs
     batch = TokenBatch(
         mask=mask, advantages=advantages, logprobs=old_logprobs, old_logprobs=old_logprobs,
         entropy=stats.entropy.detach(), discriminator=stats.discriminator,
@@ -303,7 +305,7 @@ def train_step(run: Run, problems: list) -> dict | None:
     if run.watch is not None:  # warns once when a filter idles or a step has no signal
         run.watch.observe(step, batch, plan.metrics, rewards=rewards)
     probing = bool(cfg.logging.probe_every) and step % cfg.logging.probe_every == 0
-    old_logits = _output_logits(run, head_input) if probing else None  # before the update
+    old_logits = _output_logits(run, scored) if probing else None  # before the update
 
     update = _update(run, rollout, batch, plan, (stats, clamped) if fused else None)
     if update is None:
@@ -336,11 +338,19 @@ def train_step(run: Run, problems: list) -> dict | None:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def score(run: Run, rollout, rows, *, grad: bool, policy=None):
-    """TokenStats of the response tokens in `rows`, and what the output layer read.
+class Scored(NamedTuple):
+    """What `score` computed: the statistics and what the output layer read (one of the two)."""
 
-    From the logits (returned [b, T, V]) or, with `model.stats_from` = hidden, from the final
-    hidden states (returned [b, T, D]) without ever holding the logits.
+    stats: TokenStats
+    logits: torch.Tensor | None = None  # [b, T, V] when the statistics came from the logits
+    hidden: torch.Tensor | None = None  # [b, T, D] with `model.stats_from` = hidden
+
+
+def score(run: Run, rollout, rows, *, grad: bool, policy=None) -> Scored:
+    """TokenStats of the response tokens in `rows`, with the logits or the final hidden states.
+
+    From the logits or, with `model.stats_from` = hidden, from the final hidden states without
+    ever holding the logits.
     """
     policy = run.model if policy is None else policy
     T = rollout.response_ids.shape[1]
@@ -355,31 +365,32 @@ def score(run: Run, rollout, rows, *, grad: bool, policy=None):
             weight, bias = model_output_layer(policy)
             stats = token_stats_from_hidden(hidden, weight, labels, bias=bias,
                                             temperature=temperature, mask=mask)  # fmt: skip
-            return stats, hidden
+            return Scored(stats, hidden=hidden)
         logits = response_logits(policy, ids, attention, T, group_size=G)  # (b, T, V)
-        return token_stats(logits, labels, temperature=temperature, mask=mask), logits
+        stats = token_stats(logits, labels, temperature=temperature, mask=mask)
+        return Scored(stats, logits=logits)
 
 
-def _clamped_entropy(run: Run, head_input, mask):
-    """AEnt's clamped entropy [b, T] from what `score` returned, when the method needs it."""
+def _clamped_entropy(run: Run, scored: Scored, mask):
+    """AEnt's clamped entropy [b, T] from what `score` computed, when the method needs it."""
     clamp_p = run.method.clamp_p
     if clamp_p is None:
         return None
     temperature = run.cfg.rollout.temperature
-    if head_input.shape[-1] == run.model.get_output_embeddings().weight.shape[0]:  # logits
-        return clamped_entropy(head_input, clamp_p=clamp_p, temperature=temperature, mask=mask)
+    if scored.logits is not None:
+        return clamped_entropy(scored.logits, clamp_p=clamp_p, temperature=temperature, mask=mask)
     weight, bias = model_output_layer(run.model)
-    return clamped_entropy_from_hidden(head_input, weight, bias=bias, clamp_p=clamp_p,
+    return clamped_entropy_from_hidden(scored.hidden, weight, bias=bias, clamp_p=clamp_p,
                                        temperature=temperature, mask=mask)  # fmt: skip
 
 
-def _output_logits(run: Run, head_input):
-    """Detached logits [B, T, V] from what `score` returned (hidden states go through lm_head)."""
-    if head_input.shape[-1] == run.model.get_output_embeddings().weight.shape[0]:
-        return head_input.detach()
+def _output_logits(run: Run, scored: Scored):
+    """Detached logits [B, T, V] from what `score` computed (hidden states through lm_head)."""
+    if scored.logits is not None:
+        return scored.logits.detach()
     weight, bias = model_output_layer(run.model)
     with torch.no_grad():
-        return torch.nn.functional.linear(head_input.detach(), weight, bias).float()
+        return torch.nn.functional.linear(scored.hidden.detach(), weight, bias).float()
 
 
 def _update(run: Run, rollout, batch, plan, fused_stats) -> dict | None:
@@ -395,8 +406,9 @@ def _update(run: Run, rollout, batch, plan, fused_stats) -> dict | None:
             if fused_stats is not None:
                 stats, clamped = fused_stats
             else:
-                stats, head_input = score(run, rollout, rows, grad=True)
-                clamped = _clamped_entropy(run, head_input, batch.mask[rows])
+                scored = score(run, rollout, rows, grad=True)
+                stats = scored.stats
+                clamped = _clamped_entropy(run, scored, batch.mask[rows])
             extra = {} if clamped is None else {"clamped_entropy": clamped}
             loss, metrics = micro_batch_loss(cfg, run.method, plan, batch, rows, stats, **extra)
             if not torch.isfinite(loss):
