@@ -29,6 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ._dtypes import compute_dtype
 from ._token_stats_kernels import fused_chunk_grad, fused_chunk_sums
 
 ENV = "ENTROPY_DYNAMICS_COMPILE"
@@ -121,7 +122,7 @@ class FusedKernels:
 
     def sums(self, z: Tensor, inv_tau: float) -> Tensor:
         """`fused_chunk_sums` compiled: `[5, c]` in the compute dtype."""
-        cdtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+        cdtype = compute_dtype(z.dtype)
         with torch.no_grad():  # grad mode is a guard: keep one graph for every caller
             return self._sums(z, self.scalar(inv_tau, cdtype, z.device))
 

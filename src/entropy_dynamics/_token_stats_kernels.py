@@ -33,6 +33,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ._dtypes import compute_dtype
+
 # About 0.5 M elements per chunk buffer on CPU (3 rows at V = 151936): measured fastest, as the
 # buffers stay in cache and the per-op Python overhead is still small (docs/performance.md).
 CPU_CHUNK_ELEMENTS = 1 << 19
@@ -56,9 +58,7 @@ def default_block_rows(device: torch.device, vocab_size: int) -> int:
     return max(default_chunk_rows(device, vocab_size), HIDDEN_BLOCK_ELEMENTS // max(vocab_size, 1))
 
 
-def compute_dtype_for(dtype: torch.dtype) -> torch.dtype:
-    """fp64 stays fp64; every other float dtype is computed (and returned) in fp32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+compute_dtype_for = compute_dtype  # the core's one rule (_dtypes), under this module's name
 
 
 class Workspace:

@@ -21,6 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ._dtypes import compute_dtype
+
 __all__ = [
     "broadcast_to_tokens",
     "dr_grpo_advantages",
@@ -92,7 +94,7 @@ def _grouped(rewards: Tensor, group_size: int) -> Tensor:
 
 
 def _out_dtype(rewards: Tensor) -> torch.dtype:
-    return torch.float64 if rewards.dtype == torch.float64 else torch.float32
+    return compute_dtype(rewards.dtype)
 
 
 def _check_group_of_one(group_of_one) -> str:

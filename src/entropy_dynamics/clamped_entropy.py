@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ._dtypes import compute_dtype
+
 __all__ = ["clamped_entropy", "clamped_entropy_from_hidden"]
 
 _CHUNK_ELEMENTS = 1 << 24  # fp32 elements per chunk (64 MiB) when chunk_size is not given
@@ -60,10 +62,6 @@ def _stream(n_rows: int, vocab: int, chunk_logits, *, clamp_p, dtype, device, ch
     return torch.cat(out)
 
 
-def _result_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def clamped_entropy(
     logits: Tensor,
     *,
@@ -87,7 +85,7 @@ def clamped_entropy(
         mask = torch.ones(B, T, dtype=torch.bool, device=logits.device)
     if mask.shape != (B, T) or mask.dtype != torch.bool:
         raise ValueError(f"clamped_entropy: mask must be a bool tensor [B, T] = [{B}, {T}]")
-    dtype = _result_dtype(logits.dtype)
+    dtype = compute_dtype(logits.dtype)
     positions = mask.reshape(-1).nonzero().squeeze(-1)  # (n,)
     flat = logits.reshape(B * T, V)
 
@@ -125,7 +123,7 @@ def clamped_entropy_from_hidden(
         mask = torch.ones(B, T, dtype=torch.bool, device=hidden.device)
     if mask.shape != (B, T) or mask.dtype != torch.bool:
         raise ValueError(f"clamped_entropy_from_hidden: mask must be a bool tensor [{B}, {T}]")
-    dtype = _result_dtype(hidden.dtype)
+    dtype = compute_dtype(hidden.dtype)
     positions = mask.reshape(-1).nonzero().squeeze(-1)
     flat = hidden.reshape(B * T, D)
 

@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ._dtypes import compute_dtype
+
 __all__ = [
     "gather_masked",
     "global_position_select",
@@ -60,7 +62,7 @@ def rank(group=None) -> int:
 
 
 def _stat_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+    return compute_dtype(x.dtype)
 
 
 def _check_mask(values: Tensor, mask: Tensor) -> Tensor:

@@ -24,6 +24,8 @@ import math
 import torch
 from torch import Tensor
 
+from ._dtypes import compute_dtype
+
 __all__ = [
     "discriminator",
     "entropy",
@@ -55,7 +57,7 @@ def _check_logits(logits: Tensor, name: str = "logits") -> Tensor:
         )
     if torch.isneginf(logits).all(dim=-1).any():
         raise ValueError(f"{name} has a row where every entry is -inf: no distribution is defined")
-    return logits.double() if logits.dtype == torch.float64 else logits.float()
+    return logits.to(compute_dtype(logits.dtype))
 
 
 def _check_token(token: Tensor, logits: Tensor) -> Tensor:

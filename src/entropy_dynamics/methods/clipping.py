@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .. import diagnostics as dg
+from .._dtypes import compute_dtype
 from ..distributed import global_sum, masked_mean_std, masked_topk
 from ._checks import check_choice, check_denominator, check_number, check_same_shape
 from .base import KEPT, Filter, TokenBatch
@@ -184,7 +185,7 @@ def clip_v_decision(
         "clip_v", discriminator=discriminator, baseline=baseline, advantages=advantages, mask=mask
     )
     mu, max_frac = _clip_v_args(mu, max_frac, variant)
-    dtype = torch.float64 if discriminator.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(discriminator.dtype)
     deviation = discriminator.detach().to(dtype) - baseline.detach().to(dtype)  # S_t - N_t
     mean, std, n_valid = masked_mean_std(deviation, mask, group=group)
     _check_finite_stats("clip_v", "S - N", mean, std)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import diagnostics as dg
+from .._dtypes import compute_dtype
 from ..distributed import global_sum
 from .base import VALID, Advantage, Filter, Plan, Regulariser, Reweight, Surrogate, TokenBatch
 
@@ -139,7 +140,7 @@ class Method:
             if part_selected is not None:
                 selected[part.name] = part_selected & batch.mask
             metrics.update(part_metrics)
-        dtype = torch.float64 if batch.advantages.dtype == torch.float64 else torch.float32
+        dtype = compute_dtype(batch.advantages.dtype)
         weight = torch.ones(batch.mask.shape, dtype=dtype, device=batch.mask.device)
         for part in self.reweights:
             weight = weight * part.weight(batch)

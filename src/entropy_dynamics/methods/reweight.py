@@ -10,6 +10,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .._dtypes import compute_dtype
 from ..advantages import w_reinforce_advantages
 from ._checks import check_number
 from .base import Advantage, Reweight, TokenBatch
@@ -125,7 +126,7 @@ class EntropyAdvantage(Reweight):
         check_number(self.name, "kappa", self.kappa, low=1.0, low_open=True)
 
     def weight(self, batch: TokenBatch) -> Tensor:
-        dtype = torch.float64 if batch.advantages.dtype == torch.float64 else torch.float32
+        dtype = compute_dtype(batch.advantages.dtype)
         advantages = batch.advantages.to(dtype)
         shaped = entropy_shaped_advantages(
             advantages, batch.entropy.to(dtype), alpha=self.alpha, kappa=self.kappa
