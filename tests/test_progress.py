@@ -12,7 +12,7 @@ import sys
 import termios
 
 from entropy_dynamics.report.document import _summary_rows, common_k
-from entropy_dynamics.report.runs import Run
+from entropy_dynamics.report.runs import RunRecord
 from entropy_dynamics.train.logging import put_eval_record, read_jsonl
 from entropy_dynamics.train.progress import Progress
 
@@ -65,8 +65,8 @@ def test_eval_records_replace_by_step_k_and_checkpoint(tmp_path):
     assert [(r["k"], r["greedy_acc"]) for r in read_jsonl(path)] == [(8, 0.4), (16, 0.3)]
 
 
-def _run(name: str, *evals: dict) -> Run:
-    return Run(name=name, path=name, config={}, metrics=[], evals=list(evals))
+def _run(name: str, *evals: dict) -> RunRecord:
+    return RunRecord(name=name, path=name, config={}, metrics=[], evals=list(evals))
 
 
 def _eval(step: int, n: int, value: float) -> dict:

@@ -7,7 +7,7 @@ from matplotlib.ticker import LogLocator, NullFormatter, PercentFormatter
 
 from entropy_dynamics.report.figures import Colors, Drawn
 from entropy_dynamics.report.plotting import identical_notes, new_figure
-from entropy_dynamics.report.runs import Run
+from entropy_dynamics.report.runs import RunRecord
 
 # (short name for the x-axis and legend, title, function of the dist arrays, arrays it needs)
 _QUANTITIES = (
@@ -21,7 +21,7 @@ _QUANTITIES = (
 )
 
 
-def draw_discriminator(runs: list[Run], colors: Colors) -> Drawn:
+def draw_discriminator(runs: list[RunRecord], colors: Colors) -> Drawn:
     """Histograms of S_* (and S_* - N) over a batch's tokens, split by the sign of the advantage.
 
     Columns: tokens with A > 0 and A < 0 (A = 0 tokens carry no gradient and are left out).
@@ -108,7 +108,7 @@ def _log_density_axis(ax) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def draw_pass_rate_hist(runs: list[Run], colors: Colors) -> Drawn:
+def draw_pass_rate_hist(runs: list[RunRecord], colors: Colors) -> Drawn:
     """Share of held-out prompts with c of n samples correct (last evaluation), grouped bars."""
     notes: list[str] = []
     hists = {}

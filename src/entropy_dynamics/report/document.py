@@ -21,7 +21,7 @@ from entropy_dynamics.report.figures import (
     draw_reward_accuracy,
 )
 from entropy_dynamics.report.plotting import STYLE, run_colors
-from entropy_dynamics.report.runs import Run, load_runs
+from entropy_dynamics.report.runs import RunRecord, load_runs
 
 FIGURES = (
     FigureSpec(
@@ -97,7 +97,7 @@ _COLUMNS = (
 )
 
 
-def _last_evaluations(run: Run) -> list[dict[str, Any]]:
+def _last_evaluations(run: RunRecord) -> list[dict[str, Any]]:
     """The records of the run's last evaluated step (one per k, e.g. the trainer's k=8 and a
     later `eval --k 16`)."""
     if not run.evals:
@@ -106,7 +106,7 @@ def _last_evaluations(run: Run) -> list[dict[str, Any]]:
     return [e for e in run.evals if e["step"] == step]
 
 
-def common_k(runs: list[Run]) -> int | None:
+def common_k(runs: list[RunRecord]) -> int | None:
     """The largest k whose pass@k every evaluated run's last evaluation has, or None.
 
     pass@k from n >= k samples is an unbiased estimate of the same quantity whatever n, so a
@@ -122,7 +122,7 @@ def common_k(runs: list[Run]) -> int | None:
     return max(shared) if shared else None
 
 
-def _summary_row(run: Run, k: int | None) -> dict[str, Any]:
+def _summary_row(run: RunRecord, k: int | None) -> dict[str, Any]:
     first_entropy = next((row[keys.ENTROPY] for row in run.metrics if keys.ENTROPY in row), None)
     row: dict[str, Any] = {
         "name": run.name,
@@ -154,7 +154,7 @@ def _summary_row(run: Run, k: int | None) -> dict[str, Any]:
     return row
 
 
-def _summary_rows(runs: list[Run]) -> list[dict[str, Any]]:
+def _summary_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
     k = common_k(runs)
     return [_summary_row(run, k) for run in runs]
 
@@ -187,7 +187,7 @@ class _Section:
     notes: list[str]
 
 
-def _render_figures(runs: list[Run], figure_dir: Path) -> list[_Section]:
+def _render_figures(runs: list[RunRecord], figure_dir: Path) -> list[_Section]:
     colors = run_colors([run.name for run in runs])
     sections = []
     for spec in FIGURES:
@@ -201,7 +201,7 @@ def _render_figures(runs: list[Run], figure_dir: Path) -> list[_Section]:
     return sections
 
 
-def _markdown(title: str, runs: list[Run], rows: list[dict], sections: list[_Section]) -> str:
+def _markdown(title: str, runs: list[RunRecord], rows: list[dict], sections: list[_Section]) -> str:
     lines = [
         f"# {title}",
         "",
@@ -242,7 +242,7 @@ img { max-width: 100%; height: auto; border: 1px solid #eee; }
 """
 
 
-def _html(title: str, runs: list[Run], rows: list[dict], sections: list[_Section]) -> str:
+def _html(title: str, runs: list[RunRecord], rows: list[dict], sections: list[_Section]) -> str:
     esc = html.escape
     parts = [
         "<!DOCTYPE html>",

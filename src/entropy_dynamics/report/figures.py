@@ -20,7 +20,7 @@ from entropy_dynamics.report.plotting import (
     plot_kwargs,
     trailing_mean,
 )
-from entropy_dynamics.report.runs import Run
+from entropy_dynamics.report.runs import RunRecord
 
 Colors = dict[str, tuple[float, float, float, float]]
 Drawn = tuple[Figure | None, list[str]]
@@ -33,17 +33,17 @@ class FigureSpec:
     filename: str
     title: str
     caption: str
-    draw: Callable[[list[Run], Colors], Drawn]
+    draw: Callable[[list[RunRecord], Colors], Drawn]
 
 
-def _series_or_note(run: Run, key: str, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _series_or_note(run: RunRecord, key: str, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     steps, values = run.series(key)
     if steps.size == 0:
         notes.append(f"{run.name}: no '{key}' in its training log")
     return steps, values
 
 
-def draw_entropy(runs: list[Run], colors: Colors) -> Drawn:
+def draw_entropy(runs: list[RunRecord], colors: Colors) -> Drawn:
     """Token-mean policy entropy per training step, one line per run."""
     notes: list[str] = []
     fig, axes = new_figure(panel_width=7.0, panel_height=4.0)
@@ -66,7 +66,7 @@ def draw_entropy(runs: list[Run], colors: Colors) -> Drawn:
     return fig, notes
 
 
-def _last_eval_with(run: Run, key: str) -> dict | None:
+def _last_eval_with(run: RunRecord, key: str) -> dict | None:
     """The last evaluated step's record that has `key`; of several (one per k), the most k."""
     rows = [row for row in run.evals if row.get(key)]
     if not rows:
@@ -75,7 +75,7 @@ def _last_eval_with(run: Run, key: str) -> dict | None:
     return max((row for row in rows if row["step"] == step), key=lambda row: max(row[key]))
 
 
-def draw_reward_accuracy(runs: list[Run], colors: Colors) -> Drawn:
+def draw_reward_accuracy(runs: list[RunRecord], colors: Colors) -> Drawn:
     """Training reward per step (raw and trailing mean) and held-out accuracy per evaluation."""
     notes: list[str] = []
     rewards = {run.name: _series_or_note(run, keys.REWARD, notes) for run in runs}
@@ -125,7 +125,7 @@ def draw_reward_accuracy(runs: list[Run], colors: Colors) -> Drawn:
     return fig, notes
 
 
-def _draw_heldout(ax, runs: list[Run], colors: Colors) -> None:
+def _draw_heldout(ax, runs: list[RunRecord], colors: Colors) -> None:
     """Greedy accuracy (solid) and avg@k at each evaluation's largest k (dashed), per run."""
     handles, ks = [], set()
     for run in runs:
@@ -160,7 +160,7 @@ def _draw_heldout(ax, runs: list[Run], colors: Colors) -> None:
     ax.set_ylabel("accuracy (fraction of held-out prompts)")
 
 
-def draw_at_k(runs: list[Run], colors: Colors) -> Drawn:
+def draw_at_k(runs: list[RunRecord], colors: Colors) -> Drawn:
     """avg@k and pass@k against k, from each run's last evaluation that has them."""
     notes: list[str] = []
     fig, axes = new_figure(1, 2)
@@ -207,7 +207,7 @@ def draw_at_k(runs: list[Run], colors: Colors) -> Drawn:
     return fig, notes
 
 
-def _probe_pairs(runs: list[Run], key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _probe_pairs(runs: list[RunRecord], key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per run, (predicted, measured) over the probe steps that logged both."""
     pairs = {}
     for run in runs:
@@ -220,7 +220,7 @@ def _probe_pairs(runs: list[Run], key: str) -> dict[str, tuple[np.ndarray, np.nd
     return pairs
 
 
-def draw_prediction(runs: list[Run], colors: Colors) -> Drawn:
+def draw_prediction(runs: list[RunRecord], colors: Colors) -> Drawn:
     """Predicted vs measured batch-mean entropy change at probe steps, with Pearson correlations.
 
     Left, the paper's Theorem 3.3 prediction with the nominal step alpha = lr * r * A: under Adam
@@ -304,7 +304,7 @@ def _unit(exponent: int) -> str:
     return "nats" if exponent == 0 else f"$10^{{{exponent}}}$ nats"
 
 
-def draw_drop_fractions(runs: list[Run], colors: Colors) -> Drawn:
+def draw_drop_fractions(runs: list[RunRecord], colors: Colors) -> Drawn:
     """Every `*/frac_dropped` and PPO clip-fraction metric per step: one panel per metric.
 
     A metric that is 0 at every step of every run (e.g. PPO clipping when strictly on-policy)

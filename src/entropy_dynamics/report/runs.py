@@ -18,7 +18,7 @@ _DIST_FILE = re.compile(r"^step-(\d+)\.(npz|pt)$")
 
 
 @dataclass
-class Run:
+class RunRecord:
     """Everything the report reads from one run directory.
 
     `metrics` is one flat dict per training step (`{"step": int, key: float}`, non-finite values
@@ -241,8 +241,8 @@ _WHAT_IS_READ = (
 )
 
 
-def _load_external(path: Path) -> Run:
-    """A TRL or verl log (`report.external`) as a Run without evaluations or distributions."""
+def _load_external(path: Path) -> RunRecord:
+    """A TRL or verl log (`report.external`) as a RunRecord without evaluations or distributions."""
     found = read_external(path)
     if found is None:
         what = "is not a directory" if not path.is_dir() else "holds no log the report reads"
@@ -250,10 +250,10 @@ def _load_external(path: Path) -> Run:
     rows, notes = found
     metrics = _clean_metrics(rows, notes)
     name = path.stem if path.is_file() else path.name
-    return Run(name=name, path=path, config={}, metrics=metrics, evals=[], notes=notes)
+    return RunRecord(name=name, path=path, config={}, metrics=metrics, evals=[], notes=notes)
 
 
-def load_run(run_dir: Path) -> Run:
+def load_run(run_dir: Path) -> RunRecord:
     """Read one run directory, or a TRL / verl log (see docs/report.md for what is read)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or (
@@ -276,7 +276,7 @@ def load_run(run_dir: Path) -> Run:
     evals = _clean_evals(_read_jsonl(run_dir / "eval.jsonl", notes), notes)
     dist, dist_step = _read_dist(run_dir, notes)
     name = _first(config, ("name",), ("run", "name"), ("logging", "name"))
-    return Run(
+    return RunRecord(
         name=str(name) if name is not None else run_dir.name,
         path=run_dir,
         config=config,
@@ -288,7 +288,7 @@ def load_run(run_dir: Path) -> Run:
     )
 
 
-def load_runs(run_dirs: list[Path]) -> list[Run]:
+def load_runs(run_dirs: list[Path]) -> list[RunRecord]:
     """Read every run directory; names made unique by prefixing the parent directory."""
     if not run_dirs:
         raise ValueError("run_dirs: empty; pass at least one run directory")
