@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from entropy_dynamics._jsonl import read_jsonl
 from entropy_dynamics.report.external import read_external
 
 _DIST_FILE = re.compile(r"^step-(\d+)\.(npz|pt)$")
@@ -87,29 +87,6 @@ def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-def _read_jsonl(path: Path, notes: list[str]) -> list[dict[str, Any]]:
-    """The JSON objects of `path`, one per line; broken or non-object lines skipped with a note."""
-    rows: list[dict[str, Any]] = []
-    if not path.is_file():
-        return rows
-    broken = 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            broken += 1
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            broken += 1
-    if broken:
-        notes.append(f"{path.name}: skipped {broken} line(s) that are not JSON objects")
-    return rows
 
 
 def _as_float(value: Any) -> float | None:
@@ -271,9 +248,9 @@ def load_run(run_dir: Path) -> RunRecord:
             config = loaded if isinstance(loaded, dict) else {}
         except yaml.YAMLError as error:
             notes.append(f"config.yaml: could not be parsed ({error}); name/method/seed unknown")
-    metrics = _clean_metrics(_read_jsonl(run_dir / "metrics.jsonl", notes), notes)
+    metrics = _clean_metrics(read_jsonl(run_dir / "metrics.jsonl", notes=notes), notes)
     metrics.sort(key=lambda row: row["step"])
-    evals = _clean_evals(_read_jsonl(run_dir / "eval.jsonl", notes), notes)
+    evals = _clean_evals(read_jsonl(run_dir / "eval.jsonl", notes=notes), notes)
     dist, dist_step = _read_dist(run_dir, notes)
     name = _first(config, ("name",), ("run", "name"), ("logging", "name"))
     return RunRecord(

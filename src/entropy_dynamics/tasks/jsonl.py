@@ -7,9 +7,10 @@ changed with `prompt_key` / `answer_key` (e.g. GSM8K's "question").
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
+
+from entropy_dynamics._jsonl import read_jsonl
 
 from .base import (
     Problem,
@@ -24,25 +25,6 @@ from .math_answers import MathVerifier
 
 GRADERS = ("math_verify", "exact")
 DATASETS_FORMATS = {".parquet": "parquet", ".json": "json", ".csv": "csv"}
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from err
-            if not isinstance(record, dict):
-                raise ValueError(
-                    f"{path}:{line_no}: each line must be a JSON object, "
-                    f"got {type(record).__name__}"
-                )
-            records.append(record)
-    return records
 
 
 def _read_with_datasets(path: Path) -> list[dict]:
@@ -70,7 +52,7 @@ def read_records(
     if not path.is_file():
         raise ValueError(f"path {str(path)!r} is not a file")
     if path.suffix == ".jsonl":
-        records = _read_jsonl(path)
+        records = read_jsonl(path, strict=True)
     elif path.suffix in DATASETS_FORMATS:
         records = _read_with_datasets(path)
     else:

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from entropy_dynamics._jsonl import read_jsonl
+
 
 def _plain(value: Any) -> Any:
     """Tensors / numpy scalars -> Python floats; non-finite floats -> None (JSON has no NaN)."""
@@ -84,20 +86,6 @@ def _record_boundary(fd: int) -> int:
         end = start
     os.ftruncate(fd, end)
     return end
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Every complete, valid JSON line of a file ([] when it does not exist)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def truncate_jsonl(path: str | Path, max_step: int) -> None:
