@@ -1,21 +1,23 @@
-"""The metric keys the report reads: the constants of `entropy_dynamics.diagnostics` where declared."""
+"""The metric keys the report reads: the names of `entropy_dynamics.metric_names` (and verl's)."""
 
 from __future__ import annotations
 
-from entropy_dynamics.diagnostics import (
+from entropy_dynamics.metric_names import (
     ENTROPY_MEAN,
+    ENTROPY_MEASURED_DELTA,
+    ENTROPY_PRED_DELTA_LOGIT,
     LOSS_CLIP_FRAC_HIGH,
     LOSS_CLIP_FRAC_LOW,
     PRED_DELTA,
+    REWARD_MEAN,
 )
 
 ENTROPY = ENTROPY_MEAN
 # The Theorem 3.3 prediction, batch mean, logged at probe steps.
 PRED_DELTA_PAPER = PRED_DELTA
-# Not (yet) declared in diagnostics.py: the names train/probe.py and the loop write.
-PRED_DELTA_LOGIT = "entropy/pred_delta_logit"
-MEASURED_DELTA = "entropy/measured_delta"
-REWARD = "reward/mean"
+PRED_DELTA_LOGIT = ENTROPY_PRED_DELTA_LOGIT
+MEASURED_DELTA = ENTROPY_MEASURED_DELTA
+REWARD = REWARD_MEAN
 
 # Fractions of valid tokens removed from the loss: every filter's `<name>/frac_dropped`
 # (clip_b, clip_v, clip_cov, top_entropy) and the PPO ratio clipping fractions.
