@@ -34,8 +34,8 @@ from ._token_stats_kernels import fused_chunk_grad, fused_chunk_sums
 
 ENV = "ENTROPY_DYNAMICS_COMPILE"
 POLICIES = ("0", "1", "auto")
-# A pass of 16 M logits (110 rows at V = 151936) takes about 50 ms eager on one core: enough to
-# amortise one process's warm-cache compile within tens of calls (docs/performance.md).
+# Below 16 M logits per pass the one-time compile of a process outweighs the gain within tens of
+# calls (docs/performance.md has the timings).
 COMPILE_MIN_ELEMENTS = 1 << 24
 # The compiled loop needs no work buffers and each call costs tens of microseconds, so its
 # chunks are larger than the eager ones: about 1 M logits (6 rows at V = 151936).

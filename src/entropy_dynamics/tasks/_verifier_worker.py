@@ -2,7 +2,7 @@
 
 Started by `IsolatedWorker`; imports the named modules, then serves (fn, args) requests on stdin.
 Run by path, not with -m: `-m` would first run `entropy_dynamics/__init__.py`, which imports
-torch (about 2-3 s per worker start, paid again after every timeout) although no verifier needs
+torch (seconds per worker start, paid again after every timeout) although no verifier needs
 it. A bare package module pointing at the same directory stands in for it, so
 `entropy_dynamics.tasks...` imports resolve to the same files without that cost.
 """

@@ -3,8 +3,8 @@
 Why a process: math-verify's own timeouts use `signal.alarm`, which works only in the main thread
 (elsewhere `parse` raises ValueError) and cannot stop C code such as a huge integer power, and a
 reasoning-gym verifier (countdown) runs `sympy.parse_expr` on model output. A child process can
-always be killed. Cost: one start (0.5 s with math-verify, 1.4 s with reasoning-gym, measured)
-and a pipe round trip per call (about 0.1 ms; a math-verify grade takes about 5 ms).
+always be killed. Cost: one start per worker (and after each timeout) and a pipe round trip per
+call, small beside a grade (docs/models-and-tasks.md).
 """
 
 from __future__ import annotations

@@ -162,8 +162,8 @@ class LoggingConfig:
 class TrainConfig:
     """The whole run: `steps` RL steps with `seed` on `device`.
 
-    threads: torch intra-op CPU threads (0 = torch's default). Tiny models run fastest on one:
-        on the shared 2-core machine an SFT step took 0.06 s with 1 thread and 0.3-0.5 s with 2.
+    threads: torch intra-op CPU threads (0 = torch's default). Tiny models run fastest on one
+        (docs/training.md).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -1,9 +1,8 @@
 """A lean prefill and decoding step for Hugging Face Llama models, used by the sampler.
 
 On a tiny model much of each `model(...)` call of a decoding step is Python: module dispatch,
-mask construction, output wrappers, cache bookkeeping. On the 0.14M char Llama at 64 rows the
-call costs about 0.5 ms more per step than the same kernels run directly (whose own time is
-about 0.5 ms). `LlamaDecoder` runs the arithmetic of `LlamaForCausalLM.forward`, op for op and
+mask construction, output wrappers, cache bookkeeping, as much again as the kernels themselves
+(measured in docs/training.md). `LlamaDecoder` runs the arithmetic of `LlamaForCausalLM.forward`, op for op and
 in the same order, on the model's own parameters, with a preallocated KV cache: the prompt in
 one causal pass when no row is padded (otherwise HF's own prefill, whose cache it copies), then
 one token per row per step. `tests/test_train_decode.py` checks that its logits equal HF's;

@@ -1,9 +1,9 @@
 """Rollouts: sample G responses per prompt with a KV cache, and the teacher-forced policy forward.
 
-Our own sampling loop (not `model.generate`): on the tiny char model, 64 rows x 16 new tokens
-took 20 ms of CPU with the lean Llama path of `train/decode.py` (one prefill per prompt, shared
-by its G samples), 30 ms calling the model at every step and 36 ms for `generate` (best of 7,
-one thread, one run), and it returns the sampled tokens' log-probs without a second pass. Prompts are left-padded so that every response
+Our own sampling loop (not `model.generate`), faster on small models (docs/training.md has the
+timings) with the lean Llama path of `train/decode.py` (one prefill per prompt, shared by its G
+samples), and it returns the sampled tokens' log-probs without a second pass. Prompts are
+left-padded so that every response
 starts at the same column; responses are right-padded after EOS. When no prompt is padded the
 attention mask is left out (same result, less overhead per token).
 """
