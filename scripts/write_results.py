@@ -32,9 +32,9 @@ BLOCKS = {
 }
 
 sys.path.insert(0, str(ROOT / "src"))
+from entropy_dynamics.commands.demo import demo_markdown  # noqa: E402
 from entropy_dynamics.experiments import DESCRIPTIONS  # noqa: E402
 from entropy_dynamics.experiments.common import _short, markdown_table  # noqa: E402
-from entropy_dynamics.train.demo import demo_markdown  # noqa: E402
 
 INTRO = """# Results: the paper's claims at small scale
 

@@ -24,11 +24,12 @@ import os
 import sys
 from pathlib import Path
 
+from entropy_dynamics.commands.demo import run_demo
+from entropy_dynamics.commands.lens import run_lens
+
 # Light modules only (no torch): `entropy-dynamics --help` stays under a second; each command
 # imports what pulls in torch or transformers when it runs.
 from entropy_dynamics.train.config import describe_fields, load_config
-from entropy_dynamics.train.demo import run_demo
-from entropy_dynamics.train.lens_cli import run_lens
 
 try:
     from entropy_dynamics.experiments.cli import register as register_experiments
@@ -63,7 +64,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from entropy_dynamics.train.evaluate_run import evaluate_run
+    from entropy_dynamics.commands.evaluate import evaluate_run
 
     result = evaluate_run(
         Path(args.run_dir), k=args.k, n_eval=args.n, checkpoint=args.checkpoint,

@@ -27,9 +27,9 @@ import json
 import time
 from pathlib import Path
 
+from entropy_dynamics.commands.demo_figure import draw_demo
 from entropy_dynamics.experiments.common import bootstrap_difference, per_problem, seed_interval
 from entropy_dynamics.train.config import load_config
-from entropy_dynamics.train.demo_figure import draw_demo
 from entropy_dynamics.train.logging import read_jsonl
 
 FINAL_WINDOW = 10
