@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .._correlation import pearson
+
 __all__ = [
     "Claim",
     "ExperimentResult",
@@ -249,13 +251,6 @@ def correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     y = np.asarray(y, dtype=np.float64).ravel()
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same length, got {x.shape} and {y.shape}")
-
-    def pearson(a: np.ndarray, b: np.ndarray) -> float:
-        a = a - a.mean()
-        b = b - b.mean()
-        denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
-        return float((a * b).sum() / denom) if denom > 0 else float("nan")
-
     if len(x) < 2:
         return {"pearson": float("nan"), "spearman": float("nan")}
     return {"pearson": pearson(x, y), "spearman": pearson(_ranks(x), _ranks(y))}

@@ -16,7 +16,7 @@ from entropy_dynamics.report.plotting import (
     format_ratio,
     identical_notes,
     new_figure,
-    pearson,
+    pearson_or_none,
     plot_kwargs,
     trailing_mean,
 )
@@ -255,13 +255,11 @@ def draw_prediction(runs: list[RunRecord], colors: Colors) -> Drawn:
                 s=20,
                 alpha=0.8,
                 color=colors[name],
-                label=f"{name}: r = {format_ratio(pearson(pred, meas))}, n = {pred.size}",
+                label=f"{name}: r = {format_ratio(pearson_or_none(pred, meas))}, n = {pred.size}",
             )
         ax.axhline(0, color="0.6", linewidth=0.7)
         ax.axvline(0, color="0.6", linewidth=0.7)
-        r_text = (
-            f"Pearson r = {format_ratio(pearson(pred_all, meas_all))} over {pred_all.size} probes"
-        )
+        r_text = f"Pearson r = {format_ratio(pearson_or_none(pred_all, meas_all))} over {pred_all.size} probes"
         if quantitative:
             low = min(pred_all.min(), meas_all.min()) / 10.0**ex
             high = max(pred_all.max(), meas_all.max()) / 10.0**ex

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from entropy_dynamics._correlation import pearson
 
 # Readable at 100 % zoom in a browser; applied with matplotlib.rc_context around each figure.
 STYLE = {
@@ -52,18 +55,13 @@ def plot_kwargs(num_points: int) -> dict[str, object]:
     return {"linewidth": 1.6}
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Pearson correlation of two 1-D arrays in float64; None if n < 3 or a variance is zero."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.size < 3:
+def pearson_or_none(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson r (``_correlation.pearson``) for a figure label; None (shown "undefined") below
+    three points, where r = +-1 says nothing, or where it is undefined."""
+    if np.asarray(x).size < 3:
         return None
-    dx = x - x.mean()
-    dy = y - y.mean()
-    denom = np.sqrt((dx * dx).sum() * (dy * dy).sum())
-    if denom == 0.0 or not np.isfinite(denom):
-        return None
-    return float((dx * dy).sum() / denom)
+    r = pearson(x, y)
+    return None if math.isnan(r) else r
 
 
 def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
