@@ -109,6 +109,7 @@ def test_worker_does_not_import_torch_or_the_package_root():
         )
         assert loaded == [
             "entropy_dynamics",
+            "entropy_dynamics._jsonl",  # json only: the JSONL task reader
             "entropy_dynamics.tasks",
             "entropy_dynamics.tasks.arithmetic",
             "entropy_dynamics.tasks.base",
