@@ -48,7 +48,7 @@ def load_batch(path: Path):
             f"{path}: refused to load: it holds Python objects other than tensors and plain "
             "values (it may have been crafted); nothing from it was run"
         ) from None
-    except Exception as err:  # noqa: BLE001  garbage bytes raise KeyError, IndexError, ...:
+    except Exception as err:  # garbage bytes raise KeyError, IndexError, ...:
         # whatever the unpickler raises on a damaged file, the user gets one line
         raise ValueError(f"{path}: not a readable batch file ({_short(err)})") from None
     names = {f.name for f in dataclasses.fields(TokenBatch)}

@@ -314,7 +314,7 @@ def _load_tensors(file: Path) -> dict:
             f"{file}: refused to load: it holds Python objects other than tensors and plain "
             "values (it may have been crafted); nothing from it was run"
         ) from None
-    except Exception as err:  # noqa: BLE001  garbage bytes raise KeyError, IndexError, ...:
+    except Exception as err:  # garbage bytes raise KeyError, IndexError, ...:
         # whatever the unpickler raises on a damaged file, the user gets one line
         raise CheckpointError(f"{file}: not a readable torch file ({_short(err)})") from None
     if not isinstance(saved, dict) or "optimizer" not in saved:
