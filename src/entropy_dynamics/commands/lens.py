@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+from entropy_dynamics._safe_load import load_tensors, short_error
 from entropy_dynamics.train.config import load_config
 
 _BATCH_FILE = re.compile(r"^step-(\d+)\.pt$")
@@ -35,22 +36,12 @@ def load_batch(path: Path):
     that holds anything else, or not the fields the trainer writes, raises ValueError naming it.
     """
     import dataclasses
-    import pickle
 
     import torch
 
     from entropy_dynamics.methods import TokenBatch
 
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ValueError(
-            f"{path}: refused to load: it holds Python objects other than tensors and plain "
-            "values (it may have been crafted); nothing from it was run"
-        ) from None
-    except Exception as err:  # garbage bytes raise KeyError, IndexError, ...:
-        # whatever the unpickler raises on a damaged file, the user gets one line
-        raise ValueError(f"{path}: not a readable batch file ({_short(err)})") from None
+    saved = load_tensors(path, what="batch file")
     names = {f.name for f in dataclasses.fields(TokenBatch)}
     batch = saved.get("batch") if isinstance(saved, dict) else None
     if not isinstance(batch, dict) or not set(batch) <= names:
@@ -71,12 +62,7 @@ def load_batch(path: Path):
     try:
         return TokenBatch(**batch), saved
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: not a valid training batch ({_short(err)})") from None
-
-
-def _short(err: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= limit else text[:limit] + " ..."
+        raise ValueError(f"{path}: not a valid training batch ({short_error(err)})") from None
 
 
 def run_lens(run_dir: Path, *, step: int | None = None, out: str | None = None) -> int:

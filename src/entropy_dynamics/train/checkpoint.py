@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from entropy_dynamics._safe_load import load_tensors, short_error
+
 FILES = ("model.safetensors", "optimizer.pt", "rng.json", "state.json")
 DIGEST = "digest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -119,7 +121,7 @@ def save_checkpoint(
             errno.ENOSPC if "No space left" in str(err) else errno.EIO
         )
         raise OSError(
-            code, f"cannot write checkpoint step-{step}: {_short(err)}", str(final)
+            code, f"cannot write checkpoint step-{step}: {short_error(err)}", str(final)
         ) from None
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -275,7 +277,7 @@ def load_checkpoint(
         load_model(model, str(path / "model.safetensors"))
     except Exception as err:  # safetensors raises several types for foreign or mismatched files
         raise CheckpointError(
-            f"{path}/model.safetensors: does not fit this model ({_short(err)}); was the run "
+            f"{path}/model.safetensors: does not fit this model ({short_error(err)}); was the run "
             "trained with another model config?"
         ) from None
     if optimizer is not None:
@@ -286,7 +288,7 @@ def load_checkpoint(
                 scheduler.load_state_dict(saved["scheduler"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(
-                f"{path}/optimizer.pt: does not fit this optimiser ({_short(err)})"
+                f"{path}/optimizer.pt: does not fit this optimiser ({short_error(err)})"
             ) from None
         if method is not None:
             try:
@@ -299,29 +301,15 @@ def load_checkpoint(
         try:
             set_rng_state(json.loads((path / "rng.json").read_text()), generator)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"{path}/rng.json: malformed RNG state ({_short(err)})") from None
+            raise CheckpointError(
+                f"{path}/rng.json: malformed RNG state ({short_error(err)})"
+            ) from None
     return state
 
 
 def _load_tensors(file: Path) -> dict:
     """torch.load with weights_only=True: tensors and plain values only, never code."""
-    import pickle
-
-    try:
-        saved = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(
-            f"{file}: refused to load: it holds Python objects other than tensors and plain "
-            "values (it may have been crafted); nothing from it was run"
-        ) from None
-    except Exception as err:  # garbage bytes raise KeyError, IndexError, ...:
-        # whatever the unpickler raises on a damaged file, the user gets one line
-        raise CheckpointError(f"{file}: not a readable torch file ({_short(err)})") from None
+    saved = load_tensors(file, what="torch file", error=CheckpointError)
     if not isinstance(saved, dict) or "optimizer" not in saved:
         raise CheckpointError(f"{file}: expected a dict with 'optimizer' and 'scheduler'")
     return saved
-
-
-def _short(err: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= limit else text[:limit] + " ..."
