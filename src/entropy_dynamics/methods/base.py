@@ -239,7 +239,9 @@ class Regulariser(Part, abc.ABC):
         Only stateful parts (``init_state()`` not empty) are called; they receive their state
         and return the new one.
         """
-        raise NotImplementedError(f"{self.name} is stateless; next_state is never called")
+        raise TypeError(
+            f"{self.name} is stateless: Method.step_end calls next_state only on stateful parts"
+        )
 
 
 class Advantage(Part, abc.ABC):
