@@ -73,6 +73,22 @@ def measure(run: Callable[[], object], repeats: int) -> Result:
     return Result(wall, cpu, peak_rss_mib() - base)
 
 
+def trl_step_timer(times: dict[str, list[float]]):
+    """A TRL `TrainerCallback` appending each optimiser step's wall and CPU seconds to
+    ``times["wall"]`` and ``times["cpu"]`` (transformers is imported only when it is made)."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = (time.perf_counter(), time.process_time())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times["wall"].append(time.perf_counter() - self.start[0])
+            times["cpu"].append(time.process_time() - self.start[1])
+
+    return StepTimer()
+
+
 def run_child(script: str, case: dict, threads: int | None, timeout: float) -> Result | str:
     """Run one case in a fresh interpreter; return its Result or a short failure note."""
     env = dict(os.environ)

@@ -26,22 +26,15 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+import _util  # benchmarks/ is on sys.path when a script here runs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "smollm2.yaml"
 PROMPTS, GROUP = 8, 8
-
-
-def _peak_rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _config(length: int, threads: int, run_dir: str, fused: bool):
@@ -79,7 +72,6 @@ def run_trl(length: int, steps: int, threads: int) -> dict:
     """Per-step wall / CPU seconds and completion lengths of TRL's GRPOTrainer."""
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from entropy_dynamics.models import load_model
@@ -98,14 +90,6 @@ def run_trl(length: int, steps: int, threads: int) -> dict:
     model, tokenizer = load_model("smollm2")
     times = {"wall": [], "cpu": []}
 
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = (time.perf_counter(), time.process_time())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            times["wall"].append(time.perf_counter() - self.start[0])
-            times["cpu"].append(time.process_time() - self.start[1])
-
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(
             output_dir=out, per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
@@ -116,7 +100,7 @@ def run_trl(length: int, steps: int, threads: int) -> dict:
         prompts = [[{"role": "user", "content": task.format_prompt(p)}] for p in problems]
         trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=reward,
                               args=args, train_dataset=Dataset.from_dict({"prompt": prompts}),
-                              callbacks=[Timer()])  # fmt: skip
+                              callbacks=[_util.trl_step_timer(times)])  # fmt: skip
         trainer.train()
         lengths = [row["completions/mean_length"] for row in trainer.state.log_history
                    if "completions/mean_length" in row]  # fmt: skip
@@ -134,7 +118,7 @@ LOOPS = {
 
 def _child(case: dict) -> None:
     result = LOOPS[case["loop"]](case["length"], case["steps"], case["threads"])
-    print("RESULT " + json.dumps({**result, "peak_mib": _peak_rss_mib()}), flush=True)
+    print("RESULT " + json.dumps({**result, "peak_mib": _util.peak_rss_mib()}), flush=True)
 
 
 def _run_case(case: dict) -> dict | None:

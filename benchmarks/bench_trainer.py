@@ -20,8 +20,9 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+import _util  # benchmarks/ is on sys.path when a script here runs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -118,7 +119,6 @@ def run_trl(steps: int, threads: int, *, gradient_checkpointing: bool = False) -
     """Per-step (wall, cpu, tokens) of TRL's GRPOTrainer, timed by a callback."""
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from entropy_dynamics.models import build_char_tokenizer, build_tiny_model
@@ -127,14 +127,6 @@ def run_trl(steps: int, threads: int, *, gradient_checkpointing: bool = False) -
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, **TINY, seed=0)
     times = {"wall": [], "cpu": []}
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = (time.perf_counter(), time.process_time())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            times["wall"].append(time.perf_counter() - self.start[0])
-            times["cpu"].append(time.process_time() - self.start[1])
 
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(
@@ -145,7 +137,7 @@ def run_trl(steps: int, threads: int, *, gradient_checkpointing: bool = False) -
         )  # fmt: skip
         dataset = Dataset.from_dict({"prompt": _prompts(256)})
         trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=_digit_reward,
-                              args=args, train_dataset=dataset, callbacks=[Timer()])  # fmt: skip
+                              args=args, train_dataset=dataset, callbacks=[_util.trl_step_timer(times)])  # fmt: skip
         trainer.train()
         lengths = [row["completions/mean_length"] for row in trainer.state.log_history
                    if "completions/mean_length" in row]  # fmt: skip
