@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from entropy_dynamics import experiments, methods
-from entropy_dynamics.experiments import corollary, sign_test
+from entropy_dynamics.experiments import corollary, sign_test, smollm2
 from entropy_dynamics.methods import TokenBatch
 
 
@@ -78,6 +78,17 @@ def test_corollary_per_step_statistics_by_hand(tmp_path):
     assert rows[1]["mean_dev"] == 0.0 and rows[1]["z"] == 0.0
 
 
+def test_smollm2_controller_step_is_optim_lr_times_measured_over_predicted():
+    grpo = [
+        {"probe_measured": [0.2, -0.4], "probe_predicted": [0.001, -0.003]},
+        {"probe_measured": [0.3], "probe_predicted": [0.002]},
+    ]
+    got = smollm2._calibration(grpo, 1e-5)  # mean |measured| 0.3, mean |predicted| 0.002
+    assert got["ratio"] == pytest.approx(150.0) and got["lr"] == pytest.approx(1.5e-3)
+    no_move = smollm2._calibration([{"probe_measured": [0.0], "probe_predicted": [0.0]}], 1e-5)
+    assert no_move["ratio"] == 1.0 and no_move["lr"] == 1e-5  # nothing measured: no scaling
+
+
 def _check(out, name):
     data = json.loads((out / name / "result.json").read_text())
     assert data["name"] == name and data["quick"] is True and data["claims"]
@@ -106,3 +117,18 @@ def test_quick_network_first_order_claims_hold(tmp_path):
     # The logit-space first order is a Taylor expansion: it must hold even at quick size.
     logit = [c for text, c in by_claim.items() if text.startswith("(b)")]
     assert len(logit) == 2 and all(c["holds"] for c in logit), logit
+
+
+@pytest.mark.slow
+def test_quick_smollm2_experiment_runs_every_method_from_one_start(tmp_path):
+    """The long SmolLM2 experiment at quick size (1 seed, 2 steps): every method trains, each
+    run's step-0 evaluation is the same model on the same problems, and ``all`` leaves it out."""
+    assert "smollm2" not in experiments.names()
+    assert experiments.names(include_long=True)[-1] == "smollm2"
+    experiments.run("smollm2", out_dir=tmp_path, quick=True)
+    data = _check(tmp_path, "smollm2")
+    assert set(data["metrics"]["runs"]) == set(smollm2.METHODS)
+    assert data["metrics"]["same_start"] is True
+    assert len(data["figures"]) == 3
+    for runs in data["metrics"]["runs"].values():
+        assert [len(r["entropy"]) for r in runs] == [2]

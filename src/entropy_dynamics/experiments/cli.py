@@ -24,11 +24,16 @@ def register(subparsers) -> argparse.ArgumentParser:
         "reproduce",
         help="check the paper's claims at small scale (writes result.json, figures, report.md)",
         description="Run one of the paper's claims as an experiment, or all of them.\n\n"
-        f"experiments:\n{listing}\n  {'all':15s} every experiment above, one report",
+        f"experiments:\n{listing}\n  {'all':15s} every experiment above but "
+        f"{', '.join(n for n in names(include_long=True) if n not in names())} (over an hour "
+        "each), one report",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "name", choices=[*names(), "all"], metavar="NAME", help=f"one of: {', '.join(names())}, all"
+        "name",
+        choices=[*names(include_long=True), "all"],
+        metavar="NAME",
+        help=f"one of: {', '.join(names(include_long=True))}, all",
     )
     parser.add_argument(
         "--quick", action="store_true", help="small sizes (seconds each; what the test suite runs)"
