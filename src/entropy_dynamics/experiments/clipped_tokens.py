@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ._setup import base_config
-from .common import ExperimentResult, new_figure, save_figure
+from .common import ExperimentResult, save_figure
 
 SIZES = {
     "quick": {"steps": 2, "overrides": ["rollout.prompts_per_step=4"]},
@@ -165,7 +165,9 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
 
 
 def _figure(result, out_dir, sides, all_p) -> None:
-    fig, axes = new_figure(2, 1, width=5.0, height=4.0)
+    from ..report.plotting import new_figure
+
+    fig, axes = new_figure(1, 2, panel_width=5.0, panel_height=4.0)
     ax = axes[0, 0]
     bins = np.linspace(0, 1, 41)
     ax.hist(all_p, bins=bins, density=True, alpha=0.4, color="gray", label="all sampled tokens")

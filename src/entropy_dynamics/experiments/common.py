@@ -38,7 +38,6 @@ __all__ = [
     "fit_loglog_slope",
     "jsonable",
     "markdown_table",
-    "new_figure",
     "per_problem",
     "save_figure",
     "seed_interval",
@@ -198,26 +197,12 @@ def write_report(
     return report
 
 
-def new_figure(ncols: int = 1, nrows: int = 1, *, width: float = 5.0, height: float = 4.0):
-    """A matplotlib figure with the Agg backend (no display needed): returns ``(fig, axes)``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
-    return fig, axes
-
-
 def save_figure(fig, result: ExperimentResult, out_dir: str | os.PathLike, filename: str) -> Path:
-    """Save ``fig`` as ``out_dir/<name>/<filename>``, close it, and list it in the result."""
-    import matplotlib.pyplot as plt
-
+    """Save ``fig`` (from ``report.plotting.new_figure``) as ``out_dir/<name>/<filename>`` and
+    list it in the result."""
     path = Path(out_dir) / result.name / filename
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     result.figures.append(filename)
     return path
 

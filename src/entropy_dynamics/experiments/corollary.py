@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ._setup import train_run
-from .common import ExperimentResult, new_figure, save_figure
+from .common import ExperimentResult, save_figure
 
 SIZES = {
     "quick": {"steps": 3, "seeds": [0], "overrides": ["rollout.prompts_per_step=4"]},
@@ -113,7 +113,9 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
 
 
 def _figure(result, out_dir, rows) -> None:
-    fig, axes = new_figure(2, 1, width=5.0, height=4.0)
+    from ..report.plotting import new_figure
+
+    fig, axes = new_figure(1, 2, panel_width=5.0, panel_height=4.0)
     ax = axes[0, 0]
     for seed in sorted({r["seed"] for r in rows}):
         mine = [r for r in rows if r["seed"] == seed]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ._setup import base_config, read_metrics, train_run
-from .common import ExperimentResult, markdown_table, new_figure, save_figure, seed_interval
+from .common import ExperimentResult, markdown_table, save_figure, seed_interval
 
 TARGET = 0.65  # the warm start's entropy is about 0.7; GRPO's falls below 0.6 in 100 steps
 CONTROL = "gain=0.5, max_drop=0.2, mus=(3.0, 2.0, 1.5, 1.0, 0.75, 0.5, 0.25)"
@@ -134,7 +134,9 @@ def _claims(result: ExperimentResult, runs: dict[str, list[dict]]) -> None:
 
 
 def _figure(result, out_dir, runs) -> None:
-    fig, axes = new_figure(1, 1, width=6.0, height=4.0)
+    from ..report.plotting import new_figure
+
+    fig, axes = new_figure(1, 1, panel_width=6.0, panel_height=4.0)
     ax = axes[0, 0]
     for label, rs in runs.items():
         curves = np.array([r["entropy"] for r in rs])

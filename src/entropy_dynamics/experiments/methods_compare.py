@@ -21,7 +21,6 @@ from .common import (
     ExperimentResult,
     bootstrap_difference,
     markdown_table,
-    new_figure,
     per_problem,
     save_figure,
     seed_interval,
@@ -210,10 +209,10 @@ def _claims(result, runs, k) -> None:
 
 
 def _figures(result, out_dir, runs, k) -> None:
-    import matplotlib.pyplot as plt
+    from ..report.plotting import new_figure, run_colors
 
-    colors = dict(zip(runs, plt.cm.tab10(np.arange(len(runs))), strict=True))
-    fig, axes = new_figure(3, 1, width=4.8, height=4.0)
+    colors = run_colors(list(runs))
+    fig, axes = new_figure(1, 3, panel_width=4.8, panel_height=4.0)
     ax = axes[0, 0]
     for label, rs in runs.items():
         curves = np.array([r["entropy"] for r in rs])
@@ -248,7 +247,7 @@ def _figures(result, out_dir, runs, k) -> None:
     save_figure(fig, result, out_dir, "methods_entropy_and_accuracy.png")
 
     ncols = (len(runs) + 1) // 2
-    fig, axes = new_figure(ncols, 2, width=2.6, height=2.4)
+    fig, axes = new_figure(2, ncols, panel_width=2.6, panel_height=2.4)
     for ax, (label, rs) in zip(axes.ravel(), runs.items(), strict=False):
         hist = np.array([r["pass_rate_hist"] for r in rs]).sum(0)
         ax.bar(np.arange(len(hist)) / k, hist / hist.sum(), width=0.8 / k, color=colors[label])

@@ -20,7 +20,6 @@ from .common import (
     ExperimentResult,
     correlations,
     markdown_table,
-    new_figure,
     save_figure,
     seed_interval,
 )
@@ -112,7 +111,9 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
 
 
 def _figure(result, out_dir, sweeps) -> None:
-    fig, axes = new_figure(2, 1, width=4.8, height=3.8)
+    from ..report.plotting import new_figure
+
+    fig, axes = new_figure(1, 2, panel_width=4.8, panel_height=3.8)
     for ax, key, ylabel in (
         (axes[0, 0], "frac_dropped", "fraction of tokens dropped"),
         (axes[0, 1], "final_entropy", "final entropy"),

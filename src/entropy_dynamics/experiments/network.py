@@ -28,7 +28,6 @@ from .common import (
     ExperimentResult,
     correlations,
     fit_loglog_slope,
-    new_figure,
     save_figure,
     sign_agreement,
 )
@@ -279,7 +278,9 @@ def _claims(result: ExperimentResult) -> None:
 
 
 def _figures(result: ExperimentResult, out_dir, scatters) -> None:
-    fig, axes = new_figure(2, 1, width=5.0, height=4.0)
+    from ..report.plotting import new_figure
+
+    fig, axes = new_figure(1, 2, panel_width=5.0, panel_height=4.0)
     for ax, setting, field in ((axes[0, 0], "batch", "pearson"), (axes[0, 1], "token", "sign")):
         for name, info in result.metrics.items():
             for optimizer, rows in info["by_optimizer"].items():
@@ -302,7 +303,7 @@ def _figures(result: ExperimentResult, out_dir, scatters) -> None:
     save_figure(fig, result, out_dir, "network_agreement_vs_lr.png")
 
     panels = [(n, o) for n, s in scatters.items() for o in s]
-    fig, axes = new_figure(len(panels), 2, width=3.6, height=3.4)
+    fig, axes = new_figure(2, len(panels), panel_width=3.6, panel_height=3.4)
     for col, (name, optimizer) in enumerate(panels):
         points = scatters[name][optimizer]
         for row, kind in enumerate(("paper", "logit")):

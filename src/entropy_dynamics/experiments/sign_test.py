@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ._setup import train_run
-from .common import ExperimentResult, markdown_table, new_figure, save_figure, seed_interval
+from .common import ExperimentResult, markdown_table, save_figure, seed_interval
 
 CONDITIONS = [  # (label, sample sign, S_* sign); Thm 3.2 predicts sign(dH) = -sample * side
     ("A>0, S*>0", 1, 1),
@@ -130,7 +130,9 @@ def _on_side(values: np.ndarray, expected: int) -> bool:
 
 
 def _figure(result: ExperimentResult, out_dir, runs) -> None:
-    fig, axes = new_figure(1, 1, width=6.0, height=4.2)
+    from ..report.plotting import new_figure
+
+    fig, axes = new_figure(1, 1, panel_width=6.0, panel_height=4.2)
     ax = axes[0, 0]
     for (label, sample, side), color in zip(CONDITIONS, ["C0", "C1", "C2", "C3"], strict=True):
         curves = np.array([r["entropy"] for r in runs[label]])

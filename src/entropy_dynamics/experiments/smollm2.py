@@ -35,7 +35,6 @@ from .common import (
     ExperimentResult,
     bootstrap_difference,
     markdown_table,
-    new_figure,
     per_problem,
     save_figure,
     seed_interval,
@@ -331,10 +330,10 @@ def _table(runs: dict[str, list[dict]], size: dict) -> str:
 
 
 def _figures(result: ExperimentResult, out_dir, runs: dict[str, list[dict]], k: int) -> None:
-    import matplotlib.pyplot as plt
+    from ..report.plotting import new_figure, run_colors
 
-    colors = dict(zip(runs, plt.cm.tab10(np.arange(len(runs))), strict=True))
-    fig, axes = new_figure(3, 1, width=4.6, height=3.8)
+    colors = run_colors(list(runs))
+    fig, axes = new_figure(1, 3, panel_width=4.6, panel_height=3.8)
     for ax, key, title in (
         (axes[0, 0], "entropy", "entropy of fresh rollouts"),
         (axes[0, 1], "reward", "training reward"),
@@ -359,7 +358,7 @@ def _figures(result: ExperimentResult, out_dir, runs: dict[str, list[dict]], k: 
     axes[0, 0].legend(fontsize=6)
     save_figure(fig, result, out_dir, "smollm2_curves.png")
 
-    fig, axes = new_figure(3, 1, width=4.6, height=3.8)
+    fig, axes = new_figure(1, 3, panel_width=4.6, panel_height=3.8)
     labels = ["start", *runs]
     for ax, metric in zip(axes[0], ("avg@k", "pass@k", "greedy"), strict=True):
         start = [r["start"][metric] for r in runs["GRPO"]]
@@ -374,7 +373,7 @@ def _figures(result: ExperimentResult, out_dir, runs: dict[str, list[dict]], k: 
     save_figure(fig, result, out_dir, "smollm2_held_out.png")
 
     ncols = (len(labels) + 1) // 2
-    fig, axes = new_figure(ncols, 2, width=2.6, height=2.4)
+    fig, axes = new_figure(2, ncols, panel_width=2.6, panel_height=2.4)
     for ax, label in zip(axes.ravel(), labels, strict=False):
         rs = runs["GRPO"] if label == "start" else runs[label]
         hist = np.array(

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import theory
-from .common import ExperimentResult, fit_loglog_slope, new_figure, save_figure, sign_agreement
+from .common import ExperimentResult, fit_loglog_slope, save_figure, sign_agreement
 
 VOCABS = {"quick": [10, 100, 151936], "default": [10, 100, 1000, 10000, 151936]}
 SCALES = [0.1, 1.0, 3.0, 10.0]  # logit std: flat -> peaked
@@ -232,11 +232,13 @@ def _claims(result, slopes, pooled, expectation, autograd_err, bonus) -> None:
 
 
 def _figures(result, out_dir, configs, pooled, expectation) -> None:
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
 
-    fig, axes = new_figure(3, 1, width=4.8, height=4.0)
+    from ..report.plotting import new_figure
+
+    fig, axes = new_figure(1, 3, panel_width=4.8, panel_height=4.0)
     vocabs = sorted({c["V"] for c in configs})
-    colors = dict(zip(vocabs, plt.cm.viridis(np.linspace(0, 0.9, len(vocabs))), strict=True))
+    colors = dict(zip(vocabs, colormaps["viridis"](np.linspace(0, 0.9, len(vocabs))), strict=True))
     styles = dict(zip(SCALES, ["-", "--", "-.", ":"], strict=True))
     for ax, kind, title in (
         (axes[0, 0], "single", "Thm 3.2: single logit"),
@@ -263,7 +265,7 @@ def _figures(result, out_dir, configs, pooled, expectation) -> None:
     ax.legend(fontsize=7)
     save_figure(fig, result, out_dir, "theory_error_vs_step.png")
 
-    fig, axes = new_figure(2, 1, width=4.5, height=4.2)
+    fig, axes = new_figure(1, 2, panel_width=4.5, panel_height=4.2)
     mid = len(STEPS) // 2
     for ax, kind in ((axes[0, 0], "single"), (axes[0, 1], "grpo")):
         pred, exact = pooled[f"{kind}_pred"][mid], pooled[f"{kind}_exact"][mid]
