@@ -7,7 +7,7 @@ import torch
 
 from entropy_dynamics.models import build_char_tokenizer, build_tiny_model
 from entropy_dynamics.train.decode import llama_decoder
-from entropy_dynamics.train.rollout import encode_prompts, sample
+from entropy_dynamics.train.rollout import _cache_kwargs, _returned_cache, encode_prompts, sample
 
 PROMPTS = ["1+2=", "123+456-7=", "q="]
 
@@ -38,7 +38,7 @@ def _hf_and_lean_logits(model, tokenizer, prompts, steps):
                     position_ids=position, use_cache=True)  # fmt: skip
         decoder = llama_decoder(model, position, steps=steps)
         assert decoder is not None
-        cache, hf, lean = out.past_key_values, [out.logits[:, -1].float()], []
+        cache, hf, lean = _returned_cache(out), [out.logits[:, -1].float()], []
         if padded:  # HF's prefill, its cache copied in
             assert decoder.load(cache)
             lean.append(hf[0])
@@ -49,8 +49,8 @@ def _hf_and_lean_logits(model, tokenizer, prompts, steps):
         for _ in range(steps):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             out = model(input_ids=token[:, None], attention_mask=mask if padded else None,
-                        position_ids=next_position, past_key_values=cache, use_cache=True)  # fmt: skip
-            cache, next_position = out.past_key_values, next_position + 1
+                        position_ids=next_position, use_cache=True, **_cache_kwargs(model, cache))  # fmt: skip
+            cache, next_position = _returned_cache(out), next_position + 1
             hf.append(out.logits[:, -1].float())
             lean.append(decoder.step(token, mask if padded else None))
             token = hf[-1].argmax(-1)

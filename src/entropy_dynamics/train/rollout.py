@@ -10,12 +10,25 @@ attention mask is left out (same result, less overhead per token).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from entropy_dynamics.train.decode import llama_decoder
+
+
+def _cache_kwargs(model, cache) -> dict:
+    """The KV-cache argument of ``model``'s forward: ``cache`` where it takes one (transformers
+    5.24 here, where ``past_key_values`` is deprecated and goes in 5.40), else ``past_key_values``."""
+    forward = inspect.signature(model.forward).parameters
+    return {"cache" if "cache" in forward else "past_key_values": cache}
+
+
+def _returned_cache(out):
+    """The KV cache a forward with ``use_cache=True`` returned (``cache`` or ``past_key_values``)."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
 
 
 @dataclass
@@ -133,7 +146,7 @@ def _lean_prefill(model, decoder, ids: Tensor, mask: Tensor, position_ids: Tenso
     else:
         out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
                     logits_to_keep=1)  # fmt: skip
-        if not decoder.load(out.past_key_values):
+        if not decoder.load(_returned_cache(out)):
             return None
         next_logits = out.logits[:, -1].float()
     decoder.repeat_rows(group_size)
@@ -183,7 +196,7 @@ def sample(
             input_ids=prompt_ids, attention_mask=prompt_mask if padded else None,
             position_ids=prompt_positions, use_cache=True, logits_to_keep=1,
         )  # fmt: skip
-        cache, next_logits = out.past_key_values, out.logits[:, -1].float()  # (B, V)
+        cache, next_logits = _returned_cache(out), out.logits[:, -1].float()  # (B, V)
     next_position = prompt_positions[:, -1:] + 1
     attention = prompt_mask
     tokens, logprobs, alive_cols = [], [], []
@@ -213,10 +226,10 @@ def sample(
             input_ids=token[:, None],
             attention_mask=attention if padded else None,
             position_ids=next_position,
-            past_key_values=cache,
             use_cache=True,
+            **_cache_kwargs(model, cache),
         )
-        cache, next_logits = out.past_key_values, out.logits[:, -1].float()
+        cache, next_logits = _returned_cache(out), out.logits[:, -1].float()
         next_position = next_position + 1
 
     response_ids = torch.stack(tokens, 1)  # (B, T)
@@ -313,10 +326,10 @@ def shared_prompt_hidden(
     first = out.last_hidden_state[:, -1:].repeat_interleave(G, 0)  # (B, 1, D): scores token 0
     if response_len == 1:
         return first
-    cache = out.past_key_values
+    cache = _returned_cache(out)
     cache.batch_repeat_interleave(G)  # (B, H_kv, P, hd) per layer, differentiable
     rest = base(
         input_ids=input_ids[:, P:-1], attention_mask=attention_mask[:, :-1] if padded else None,
-        position_ids=position_ids[:, P:-1], past_key_values=cache, use_cache=True,
+        position_ids=position_ids[:, P:-1], use_cache=True, **_cache_kwargs(base, cache),
     ).last_hidden_state  # fmt: skip  # (B, T - 1, D)
     return torch.cat([first, rest], 1)
