@@ -30,7 +30,7 @@ def _reference(name: str, rewards: list[float], G: int, eps: float = 1e-6) -> li
 
 
 def test_registry_names_and_lookup():
-    assert A.names() == ("dr_grpo", "grpo", "rloo", "w_reinforce")
+    assert A.names() == ("dr_grpo", "grpo", "qae", "rloo", "w_reinforce")
     assert A.get("grpo") is A.grpo_advantages
     assert A.get("dr_grpo") is A.dr_grpo_advantages
     assert A.get("rloo") is A.rloo_advantages
@@ -38,7 +38,8 @@ def test_registry_names_and_lookup():
 
 def test_unknown_name_lists_valid_ones():
     with pytest.raises(
-        ValueError, match="unknown advantage estimator 'gpro'; valid names: dr_grpo, grpo, rloo"
+        ValueError,
+        match="unknown advantage estimator 'gpro'; valid names: dr_grpo, grpo, qae, rloo",
     ):
         A.get("gpro")
 

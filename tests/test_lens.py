@@ -166,3 +166,19 @@ def test_lens_counts_archer_clips_with_each_tokens_own_range():
     assert torch.equal(clipped, mask & ~high)  # only the narrow-range (low-entropy) tokens
     lens = entropy_lens(batch, lr=1e-3, methods=["archer"])
     assert "archer" in lens.format_table()
+
+
+def test_lens_counts_aepo_drops_and_qae_has_a_row():
+    """AEPO on (batch entropy above high) drops exactly the A <= 0 tokens, and the lens splits
+    them by the sign of their own predicted contribution; off (entropy below low) it drops none."""
+    batch, _, _ = _batch_from_logits(seed=4)
+    on, off = "aepo(low=0.0, high=0.0)", "aepo(low=50.0, high=60.0)"
+    lens = entropy_lens(batch, lr=0.1, methods=[on, off, "qae"])
+    dropped = batch.mask & (batch.advantages <= 0)
+    count, total, n_raise, n_lower = lens.methods[on]["dropped"]
+    assert int(count) == int(dropped.sum()) > 0
+    assert float(total) == pytest.approx(float(lens.contribution[dropped].sum()))
+    assert int(n_raise) == int((dropped & (lens.contribution > 0)).sum()) > 0
+    assert int(n_lower) == int((dropped & (lens.contribution < 0)).sum()) > 0
+    assert int(lens.methods[off]["dropped"][0]) == 0
+    assert "qae" in lens.format_table()  # an estimator's preset: its surrogate's clips

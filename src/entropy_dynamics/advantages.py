@@ -8,7 +8,7 @@ Results are fp32 (fp64 input stays fp64). ``broadcast_to_tokens`` spreads them o
     >>> import torch
     >>> from entropy_dynamics import advantages
     >>> advantages.names()
-    ('dr_grpo', 'grpo', 'rloo', 'w_reinforce')
+    ('dr_grpo', 'grpo', 'qae', 'rloo', 'w_reinforce')
     >>> advantages.get("rloo")(torch.tensor([1.0, 0.0, 0.0, 0.0]), 4)
     tensor([ 1.0000, -0.3333, -0.3333, -0.3333])
 """
@@ -29,12 +29,14 @@ __all__ = [
     "get",
     "grpo_advantages",
     "names",
+    "qae_advantages",
     "register",
     "rloo_advantages",
     "w_reinforce_advantages",
 ]
 
 GROUP_OF_ONE = ("zero", "reward")
+QUANTILE_METHODS = ("linear", "inverted_cdf")
 
 Estimator = Callable[..., Tensor]
 _REGISTRY: dict[str, Estimator] = {}
@@ -175,6 +177,68 @@ def rloo_advantages(rewards: Tensor, group_size: int, *, group_of_one: str = "ze
         return (grouped if keep else torch.zeros_like(grouped)).reshape(-1).to(_out_dtype(rewards))
     baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
     return (grouped - baseline).reshape(-1).to(_out_dtype(rewards))
+
+
+def _group_quantile(grouped: Tensor, k: float, method: str) -> Tensor:
+    """Each row's ``k``-quantile, ``[B / G, 1]`` (float64 ``grouped``, ``[B / G, G]``).
+
+    ``linear``: ``torch.quantile``'s default, ``x_(j) + f (x_(j+1) - x_(j))`` at the sorted
+    position ``(G - 1) k = j + f``; ``inverted_cdf``: the smallest ``x`` whose empirical CDF
+    reaches ``k``, the sorted value at 1-based position ``ceil(k G)``.
+    """
+    if method == "linear":
+        return torch.quantile(grouped, k, dim=1, keepdim=True)
+    ordered = grouped.sort(dim=1).values
+    position = max(math.ceil(k * grouped.shape[1]) - 1, 0)  # 0-based
+    return ordered[:, position : position + 1]
+
+
+@register("qae")
+def qae_advantages(
+    rewards: Tensor,
+    group_size: int,
+    *,
+    k: float = 0.4,
+    quantile: str = "linear",
+    norm_by_std: bool = True,
+    eps: float = 1e-6,
+    group_of_one: str = "zero",
+) -> Tensor:
+    """Quantile Advantage Estimation (Wu et al. 2025, "Quantile Advantage Estimation for
+    Entropy-Safe Reasoning", arXiv 2509.22611): GRPO with the group mean replaced by the group's
+    ``k``-quantile.
+
+    ``rewards [B]`` -> ``[B]``: ``A_i = (R_i - Q_k(R_g)) / (std_g R + eps)`` over the ``G``
+    responses of ``i``'s prompt (unbiased std, as ``grpo``); ``norm_by_std=False`` gives
+    ``R_i - Q_k(R_g)``. ``quantile``: ``"linear"`` is ``torch.quantile``'s default, which the
+    authors' code calls (their verl patch sets the GRPO baseline to
+    ``torch.quantile(scores, quantile_k)`` and changes nothing else); ``"inverted_cdf"`` is the
+    paper's two-regime gate exactly: for 0/1 rewards with success rate ``p`` the baseline is 0
+    when ``p <= 1 - k`` (only successes get an advantage) and 1 otherwise (only failures do).
+    ``k`` in (0, 1); 0.4 is the value of the authors' run scripts. A group of one gets 0
+    (``group_of_one="reward"``: verl's ``R / (1 + eps)``, as ``grpo``).
+
+    Example: rewards ``[1, 0, 0, 0, 0]``, G = 5, k = 0.4, linear: sorted position 1.6, baseline
+    0, unbiased std ``sqrt(0.2)``, so ``A = [1, 0, 0, 0, 0] / (0.4472 + 1e-6)``.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0.0 < k < 1.0:
+        raise ValueError(f"qae: k must be a number in (0, 1) (for the mean, use 'grpo'), got {k!r}")
+    if quantile not in QUANTILE_METHODS:
+        raise ValueError(f"qae: quantile must be one of {list(QUANTILE_METHODS)}, got {quantile!r}")
+    if not isinstance(norm_by_std, bool):
+        raise ValueError(f"qae: norm_by_std must be True or False, got {norm_by_std!r}")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"qae: eps must be a finite float > 0, got {eps!r}")
+    _check_group_of_one(group_of_one)
+    grouped = _grouped(rewards, group_size)  # (B/G, G)
+    if group_size == 1 and group_of_one == "reward":
+        return (grouped / (1.0 + eps)).reshape(-1).to(_out_dtype(rewards))
+    if group_size == 1 or grouped.numel() == 0:  # no group to take a quantile of
+        return torch.zeros_like(grouped).reshape(-1).to(_out_dtype(rewards))
+    centred = grouped - _group_quantile(grouped, float(k), quantile)
+    if norm_by_std:
+        centred = centred / (grouped.std(dim=1, correction=1, keepdim=True) + eps)
+    return centred.reshape(-1).to(_out_dtype(rewards))
 
 
 @register("w_reinforce")

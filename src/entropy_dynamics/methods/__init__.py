@@ -5,6 +5,7 @@
 """
 
 from . import (  # noqa: F401
+    aepo,
     archer,
     clipping,
     controllers,

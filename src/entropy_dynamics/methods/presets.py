@@ -104,6 +104,21 @@ PRESETS = {
         "the README config (start 2e-4, band [0.05, 0.23], step 1e-3, box [1e-5, 3e-3], "
         "warm-up 29 steps).",
     ),
+    "aepo": (
+        "ppo(dual_clip=3.0) + aepo",
+        "AEPO (QwenLong-L1.5, Shen et al. 2025, arXiv 2512.12967, sec. 4.4): once the batch "
+        "entropy (Eq. 11) rises above high, only A > 0 responses train, until it falls below "
+        "low (hysteresis, state across steps); on verl's default PPO loss (clip 0.2, dual clip "
+        "c = 3, as 'grpo'; the authors train on verl 0.4). The bounds low 0.1, high 0.3 are "
+        "ours (the paper gives none): set them to your model's entropy range.",
+    ),
+    "qae": (
+        "ppo(eps_high=0.28, dual_clip=10.0) + qae",
+        "QAE (Wu et al. 2025, arXiv 2509.22611): GRPO's advantage with the group's K-quantile "
+        "(K 0.4, torch.quantile as the authors' code) in place of the mean, on the DAPO clip "
+        "their verl scripts run (eps_high 0.28, dual clip c = 10); DAPO's dynamic sampling and "
+        "overlong shaping are not method parts and are left out.",
+    ),
     "target_entropy": (
         "ppo(dual_clip=3.0) + target_entropy",
         "Ours (no anchor): Clip_B's released rule (as the 'clip_b' preset, same surrogate) with "

@@ -1,5 +1,5 @@
-"""Advantage parts: per-token reweighting (``adv_weight``, ``entropy_advantage``) and
-W-REINFORCE's advantages."""
+"""Advantage parts: per-token reweighting (``adv_weight``, ``entropy_advantage``) and the
+estimators a method prescribes (W-REINFORCE's, QAE's)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import torch
 from torch import Tensor
 
 from .._dtypes import compute_dtype
-from ..advantages import w_reinforce_advantages
-from ._checks import check_number
+from ..advantages import QUANTILE_METHODS, qae_advantages, w_reinforce_advantages
+from ._checks import check_choice, check_number
 from .base import Advantage, Reweight, TokenBatch
 from .registry import register
 
 __all__ = [
     "AdvWeight",
     "EntropyAdvantage",
+    "Qae",
     "WReinforce",
     "advantage_sign_weight",
     "entropy_shaped_advantages",
@@ -26,6 +27,7 @@ __all__ = [
 
 # The estimator's signature holds the defaults; the part reads them from there (defaults once).
 _W_REINFORCE = inspect.signature(w_reinforce_advantages).parameters
+_QAE = inspect.signature(qae_advantages).parameters
 
 
 def advantage_sign_weight(
@@ -82,6 +84,35 @@ class WReinforce(Advantage):
         return w_reinforce_advantages(
             rewards, group_size, pos_weight=self.pos_weight, neg_weight=self.neg_weight
         )
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class Qae(Advantage):
+    """``qae``: Quantile Advantage Estimation (Wu et al. 2025, arXiv 2509.22611), GRPO's
+    advantage with the group's ``k``-quantile as the baseline (``advantages.qae_advantages``).
+
+    ``A = (R - Q_k(R_group)) / (std(R_group) + 1e-6)`` (``norm_by_std=False``: no division).
+    ``quantile='linear'`` is the authors' ``torch.quantile``; ``'inverted_cdf'`` the paper's
+    exact two-regime gate (baseline 0 on groups with success rate ``p <= 1 - k``, else 1).
+    Lens: on a hard group (baseline 0) only successes move, ``A > 0``; on an easy group
+    (baseline 1) only failures, ``A < 0``; most responses get ``A = 0`` and move no token.
+    """
+
+    name: ClassVar[str] = "qae"
+    k: float = _QAE["k"].default
+    quantile: str = _QAE["quantile"].default
+    norm_by_std: bool = _QAE["norm_by_std"].default
+
+    def __post_init__(self) -> None:
+        check_number(self.name, "k", self.k, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_choice(self.name, "quantile", self.quantile, QUANTILE_METHODS)
+        if not isinstance(self.norm_by_std, bool):
+            raise ValueError(f"qae: norm_by_std must be True or False, got {self.norm_by_std!r}")
+
+    def advantages(self, rewards: Tensor, group_size: int) -> Tensor:
+        return qae_advantages(rewards, group_size, k=self.k, quantile=self.quantile,
+                              norm_by_std=self.norm_by_std)  # fmt: skip
 
 
 def entropy_shaped_advantages(
