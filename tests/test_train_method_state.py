@@ -1,5 +1,6 @@
-"""Method state in the trainer: kill -9 + resume is bit-exact for every stateful part, and every
-logged metric is the same for any micro-batching (one rule: ``Method.finalize_metrics``)."""
+"""Method state in the trainer: kill -9 + resume is bit-exact for every stateful part (and for a
+KL reference reset every N steps), and every logged metric is the same for any micro-batching
+(one rule: ``Method.finalize_metrics``)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,13 @@ STATEFUL = {
     # so that the choice is often unsaturated: the integral moves the desired change
     "target_entropy": "ppo + target_entropy(target=4.62, target_end=4.5, schedule_steps=8, "
     "lr=50.0, gain=0.05, ki=0.1, max_drop=0.5)",
+    # AEPO: the entropy (about 4.6) starts above high and stays far above low, so after the
+    # first steps only the switch's state keeps the negative samples out (a fresh one is off)
+    "aepo": "ppo + aepo(low=1.0, high=4.59)",
 }
+# ProRL's reference reset is no part state (the trainer holds the reference and the optimiser),
+# but resuming must restore the reset reference: every 2 steps, with the optimiser state
+RESET = "ppo + kl_ref(coef=0.1, reset_every=2, reset_optimizer=True)"
 STEPS = 10
 
 _CHILD = """
@@ -61,9 +68,10 @@ def test_every_stateful_part_is_covered():
     assert stateful == set(STATEFUL), "add the new stateful part to STATEFUL"
 
 
-@pytest.mark.parametrize("name", sorted(STATEFUL))
-def test_kill_9_then_resume_is_bit_exact_with_stateful_parts(tmp_path, name):
-    spec = f"method.spec={STATEFUL[name]}"
+def _straight_and_resumed(tmp_path, spec: str) -> tuple[list[dict], list[dict], int]:
+    """The metrics of a straight run, of a run killed (SIGKILL) after 3 steps and resumed, and
+    the step it resumed from."""
+    spec = f"method.spec={spec}"
     common = (spec, f"steps={STEPS}", "task.n_eval=0", "logging.probe_every=0")
     straight = tmp_path / "straight"
     loop.train(tiny_config(straight, *common), task=DigitTask())
@@ -85,7 +93,12 @@ def test_kill_9_then_resume_is_bit_exact_with_stateful_parts(tmp_path, name):
     assert 1 <= resumed_from < STEPS
 
     loop.train(tiny_config(killed, *common), resume=True, task=DigitTask())
-    got = _metrics(killed)
+    return expected, _metrics(killed), resumed_from
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+def test_kill_9_then_resume_is_bit_exact_with_stateful_parts(tmp_path, name):
+    expected, got, resumed_from = _straight_and_resumed(tmp_path, STATEFUL[name])
     assert [r["step"] for r in got] == list(range(1, STEPS + 1))
     assert got == expected  # bit-identical on CPU, every metric of every step
 
@@ -112,8 +125,22 @@ def test_kill_9_then_resume_is_bit_exact_with_stateful_parts(tmp_path, name):
             for r in expected[resumed_from:]
         ]
         assert any(moved)
+    elif name == "aepo":  # on throughout; after the resume point, held by the state alone
+        assert all(r["aepo/on"] == 1.0 for r in expected)
+        held = [r for r in expected[resumed_from:] if r["aepo/entropy"] <= 4.59]
+        assert held and all(r["aepo/frac_dropped_neg"] == 1.0 for r in held)
     else:
         assert sum(r["clip_cov/frac_dropped"] > 0 for r in expected[resumed_from:]) >= 2
+
+
+def test_kill_9_then_resume_is_bit_exact_with_a_reference_reset(tmp_path):
+    expected, got, resumed_from = _straight_and_resumed(tmp_path, RESET)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))
+    assert got == expected  # bit-identical: the resumed run has the reset reference back
+    assert resumed_from >= 2  # so the reference it restored is not the initial policy
+    assert [r["kl_ref/reset"] for r in expected] == [float(s % 2 == 0) for s in range(1, 11)]
+    kl = [r["kl_ref/kl"] for r in expected]
+    assert all((kl[s] == 0.0) is (s % 2 == 0) for s in range(STEPS))  # 0 right after a reset
 
 
 def test_resume_refuses_a_checkpoint_whose_method_state_does_not_fit(tmp_path):

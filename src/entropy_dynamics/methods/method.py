@@ -92,6 +92,21 @@ class Method:
         return any(getattr(part, "needs_ref_logprobs", False) for part in self.regularisers)
 
     @property
+    def reference_reset_every(self) -> int:
+        """Steps between resets of the KL reference to the current policy (``kl_ref``'s
+        ``reset_every``); 0 = never. A trainer that keeps a reference must act on
+        ``reference_reset`` after each optimiser step, or refuse a method where this is > 0."""
+        return max((getattr(part, "reset_every", 0) for part in self.regularisers), default=0)
+
+    def reference_reset(self, step: int) -> tuple[bool, bool]:
+        """``(reset the reference, re-initialise the optimiser state)`` after optimiser step
+        ``step`` (1-based), as the ``kl_ref`` part declares (``KlRef.resets_after``)."""
+        for part in self.regularisers:
+            if hasattr(part, "resets_after") and part.resets_after(step):
+                return True, bool(part.reset_optimizer)
+        return False, False
+
+    @property
     def spec(self) -> str:
         """Canonical spec string; ``methods.build(method.spec).spec == method.spec``."""
         return " + ".join(part.spec for part in self.parts)

@@ -172,16 +172,47 @@ class KlCov(Regulariser):
 @dataclass(frozen=True, kw_only=True)
 class KlRef(Regulariser):
     """``kl_ref``: ``coef * KL estimate`` to a reference policy (``kl_estimate``: k1, k2, k3,
-    k3_clamped)."""
+    k3_clamped).
+
+    Reference reset (ProRL, Liu et al. 2025, arXiv 2505.24864): with ``reset_every = N > 0``
+    the reference becomes a copy of the current policy after the optimiser step of every N-th
+    step (steps counted from 1: after steps N, 2N, ...), and with ``reset_optimizer`` the
+    optimiser's state (Adam's moments and step count) starts afresh there too; the learning-rate
+    schedule goes on. The part only declares the rule (``resets_after``); the trainer that holds
+    the reference acts on it (``Method.reference_reset``; ours skips the reset of a step whose
+    update it skipped for a non-finite loss). ``0`` keeps the initial policy. Only our trainer
+    acts on it so far; the TRL and verl adapters keep their own reference.
+    """
 
     name: ClassVar[str] = "kl_ref"
     needs_ref_logprobs: ClassVar[bool] = True
     coef: float = 0.001
     estimator: str = "k3"
+    reset_every: int = 0
+    reset_optimizer: bool = False
 
     def __post_init__(self) -> None:
         check_number(self.name, "coef", self.coef, low=0.0)
         check_choice(self.name, "estimator", self.estimator, KL_ESTIMATORS)
+        every = self.reset_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ValueError(
+                f"{self.name}: reset_every must be an int >= 0 (0 = never reset), got {every!r}"
+            )
+        if not isinstance(self.reset_optimizer, bool):
+            raise ValueError(
+                f"{self.name}: reset_optimizer must be True or False, got {self.reset_optimizer!r}"
+            )
+        if self.reset_optimizer and every == 0:
+            raise ValueError(
+                f"{self.name}: reset_optimizer=True needs reset_every > 0 (the optimiser state "
+                "is re-initialised at each reference reset)"
+            )
+
+    def resets_after(self, step: int) -> bool:
+        """True when the reference is reset after optimiser step ``step`` (1-based): every
+        ``reset_every`` steps. Example: reset_every=3 resets after steps 3, 6, 9, ..."""
+        return self.reset_every > 0 and step > 0 and step % self.reset_every == 0
 
     def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan, **_):
         if ref_logprobs is None:

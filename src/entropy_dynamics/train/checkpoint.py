@@ -1,9 +1,11 @@
 """Checkpoints: safetensors weights, optimiser and scheduler, RNG states, step and data position.
 
 Layout: RUN_DIR/checkpoints/step-N/{model.safetensors, optimizer.pt, rng.json, state.json,
-digest.json}. Nothing in a checkpoint is unpickled: `optimizer.pt` holds only tensors and plain
-values and is read with `torch.load(weights_only=True)`; the RNG states are JSON (the torch
-states as base64 bytes). A checkpoint is written into a temporary folder, `digest.json` (the
+digest.json}, plus reference.safetensors in a run that resets its KL reference
+(`kl_ref(reset_every=N)`: the reference is then not the initial policy, so it is saved).
+Nothing in a checkpoint is unpickled: `optimizer.pt` holds only tensors and plain values and is
+read with `torch.load(weights_only=True)`; the RNG states are JSON (the torch states as base64
+bytes). A checkpoint is written into a temporary folder, `digest.json` (the
 sha256 of every other file) last, and the folder is renamed into place, so a crash never leaves
 a half-written `step-N`. Loading verifies the digest; `latest_checkpoint` skips damaged
 checkpoints with a warning and returns the newest intact one. Folders that are not ours
@@ -28,6 +30,7 @@ import torch
 from entropy_dynamics._safe_load import load_tensors, short_error
 
 FILES = ("model.safetensors", "optimizer.pt", "rng.json", "state.json")
+REFERENCE = "reference.safetensors"  # only in checkpoints of runs that reset their KL reference
 DIGEST = "digest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-step-"
@@ -100,9 +103,13 @@ def save_checkpoint(
     state: dict | None = None,
     generator: torch.Generator | None = None,
     method=None,
+    reference=None,
     keep_last: int = 3,
 ) -> Path:
     """Write checkpoints/step-{step}; keep the newest `keep_last` (0 = keep all). Returns its path.
+
+    `reference`: the KL reference model, saved as reference.safetensors (pass it only when the
+    run resets its reference; otherwise the reference is the initial policy, rebuilt on resume).
 
     Raises OSError (naming the folder) when the disk fails; no partial folder is left.
     """
@@ -114,7 +121,7 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         _write_files(tmp, model, optimizer, scheduler, state={"step": step, **(state or {})},
-                     generator=generator, method=method)  # fmt: skip
+                     generator=generator, method=method, reference=reference)  # fmt: skip
     except Exception as err:  # a full or failing disk: no partial folder is left behind
         shutil.rmtree(tmp, ignore_errors=True)
         code = getattr(err, "errno", None) or (
@@ -132,10 +139,15 @@ def save_checkpoint(
     return final
 
 
-def _write_files(tmp: Path, model, optimizer, scheduler, *, state: dict, generator, method) -> None:
+def _write_files(tmp: Path, model, optimizer, scheduler, *, state: dict, generator, method,
+                 reference=None) -> None:  # fmt: skip
     from safetensors.torch import save_model
 
     save_model(model, str(tmp / "model.safetensors"))  # handles tied weights
+    names = FILES
+    if reference is not None:
+        save_model(reference, str(tmp / REFERENCE))
+        names = (*FILES, REFERENCE)
     torch.save(
         {
             "optimizer": optimizer.state_dict(),
@@ -146,7 +158,7 @@ def _write_files(tmp: Path, model, optimizer, scheduler, *, state: dict, generat
     )
     _write_json(tmp / "rng.json", rng_state(generator))
     _write_json(tmp / "state.json", state)
-    _write_json(tmp / DIGEST, {name: _sha256(tmp / name) for name in FILES})  # last
+    _write_json(tmp / DIGEST, {name: _sha256(tmp / name) for name in names})  # last
 
 
 def _fsync_dir(path: Path) -> None:
@@ -209,9 +221,15 @@ def verify_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: no {DIGEST} (an incomplete or older checkpoint)") from None
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path}/{DIGEST}: unreadable ({err})") from None
-    if not isinstance(expected, dict) or sorted(expected) != sorted(FILES):
-        raise CheckpointError(f"{path}/{DIGEST}: must list exactly {', '.join(FILES)}")
-    for name in FILES:
+    if not isinstance(expected, dict) or sorted(expected) not in (
+        sorted(FILES),
+        sorted((*FILES, REFERENCE)),
+    ):
+        raise CheckpointError(
+            f"{path}/{DIGEST}: must list exactly {', '.join(FILES)} (and {REFERENCE} for a run "
+            "that resets its KL reference)"
+        )
+    for name in sorted(expected):
         try:
             actual = _sha256(path / name)
         except OSError as err:
@@ -262,9 +280,14 @@ def load_checkpoint(
     scheduler=None,
     generator: torch.Generator | None = None,
     method=None,
+    reference=None,
     restore_rng: bool = True,
 ) -> dict:
     """Verify, then load weights (and optimiser, scheduler, RNG states when given); returns state.json.
+
+    `reference`: the KL reference model, loaded from reference.safetensors when the checkpoint
+    has one (a run that resets its reference); without that file it is left as it is (the
+    initial policy, which a run that never reset still has).
 
     Raises CheckpointError (naming the file) for a damaged checkpoint, one whose files do not
     fit `model` / `optimizer`, or one holding anything but tensors and plain values.
@@ -280,6 +303,13 @@ def load_checkpoint(
             f"{path}/model.safetensors: does not fit this model ({short_error(err)}); was the run "
             "trained with another model config?"
         ) from None
+    if reference is not None and (path / REFERENCE).is_file():
+        try:
+            load_model(reference, str(path / REFERENCE))
+        except Exception as err:  # as for the policy's weights
+            raise CheckpointError(
+                f"{path}/{REFERENCE}: does not fit this model ({short_error(err)})"
+            ) from None
     if optimizer is not None:
         saved = _load_tensors(path / "optimizer.pt")
         try:

@@ -13,7 +13,8 @@ policy-gradient steps with no value model. Where this loop departs from it:
    KV-cache log-probs differ by float rounding; their gap is logged (`rollout/logprob_gap`).
    `ppo_epochs > 1` reuses the batch, and later passes are off-policy (ratio != 1).
 3. No KL term unless the method has one (`... + kl_ref(coef=...)`); then the frozen initial
-   policy is kept as the reference.
+   policy is kept as the reference, reset to the current policy every N steps (and the
+   optimiser state with it) when the part says so (`kl_ref(reset_every=N)`, ProRL).
 4. Token statistics (H, S_*, N) come from `token_stats` under the policy before the update.
 5. A reward that raises or times out scores 0 and is counted (`reward/errors`).
 6. A non-finite loss skips the step (warning) and stops the run after `max_nonfinite` in a row;
@@ -195,7 +196,7 @@ def _restore_or_reset(run: Run, *, resume: bool) -> None:
         try:
             state = ckpt.load_checkpoint(path, model=run.model, optimizer=run.optimizer,
                                          scheduler=run.scheduler, generator=run.generator,
-                                         method=run.method)  # fmt: skip
+                                         method=run.method, reference=run.reference)  # fmt: skip
         except ckpt.CheckpointError as err:
             damaged.append(path)
             aside = path.with_name(f"damaged-{path.name}")
@@ -229,10 +230,11 @@ def _restore_or_reset(run: Run, *, resume: bool) -> None:
 
 
 def _save(run: Run) -> None:
+    resets = run.reference is not None and run.method.reference_reset_every > 0
     ckpt.save_checkpoint(
         run.run_dir, step=run.step, model=run.model, optimizer=run.optimizer,
         scheduler=run.scheduler, state={"nonfinite": run.nonfinite}, generator=run.generator,
-        method=run.method,
+        method=run.method, reference=run.reference if resets else None,
     )  # fmt: skip
 
 
@@ -310,6 +312,8 @@ def train_step(run: Run, problems: list) -> dict | None:
     update = _update(run, rollout, batch, plan, (stats, clamped) if fused else None)
     if update is None:
         return None
+    if run.reference is not None and run.method.reference_reset_every > 0:
+        update[dg.KL_REF_RESET] = float(_reset_reference(run, step))
     metrics = {
         dg.REWARD_MEAN: rewards.mean(), dg.REWARD_STD: rewards.std(unbiased=False),
         **reward_metrics,
@@ -432,6 +436,17 @@ def _update(run: Run, rollout, batch, plan, fused_stats) -> dict | None:
     run.method.step_end(loss_metrics)
     return {dg.LOSS_TOTAL: loss_total, dg.OPTIM_GRAD_NORM: float(grad_norm), dg.OPTIM_LR: lr,
             **loss_metrics}  # fmt: skip
+
+
+def _reset_reference(run: Run, step: int) -> bool:
+    """After optimiser step `step`: the reference becomes the current policy (and the optimiser
+    state starts afresh) when the method's kl_ref says so; returns whether it did."""
+    reset, reset_optimizer = run.method.reference_reset(step)
+    if reset:
+        run.reference.load_state_dict(run.model.state_dict())
+        if reset_optimizer:
+            run.optimizer.state.clear()  # Adam's moments and step count; the schedule goes on
+    return reset
 
 
 def _check_weights(run: Run) -> None:
