@@ -1,5 +1,6 @@
 """Two gloo ranks: every filter / regulariser mask equals the single-process mask on the
-concatenated batch (Clip_B, Clip_V with its top-K cap, Clip-Cov's seeded draw, KL-Cov, top-entropy)."""
+concatenated batch (Clip_B, Clip_V with its top-K cap, Clip-Cov's seeded draw, KL-Cov, top-entropy,
+AEPO's switch)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ SPECS = [
     "clip_cov(ratio=0.05, lb=-0.5, ub=10.0, seed=3, denominator='kept')",
     "kl_cov(ratio=0.05)",
     "top_entropy(rho=0.3)",
+    # AEPO: the batch entropy (Eq. 11: a mean of row means) is just above high, while rank 1's
+    # own rows alone are just below it: only the batch-global value switches AEPO on everywhere
+    "aepo(low=0.5, high=1.0183)",
+    "aepo(low=0.5, high=1.0188, entropy_mean='token-mean')",
     "ppo + clip_b(mu=0.5) + clip_v(mu=0.5, max_frac=0.01) + top_entropy + kl_cov",
 ]
 SPLIT = 3  # rank 0 holds rows [0, 3), rank 1 rows [3, 8): unequal shares of valid tokens
