@@ -1,4 +1,5 @@
-"""Runs tests/test_integration_verl.py inside .venv-verl (verl 0.9.1 cannot share the main env).
+"""Runs the verl plugin tests (tests/test_integration_verl.py and test_integration_verl_monitor.py)
+inside .venv-verl (verl 0.9.1 cannot share the main env).
 
 verl pins transformers < 5.11; the main environment has a newer one, so the verl tests live in
 their own environment built by `scripts/setup-verl-env.sh`. Without it this test is skipped and
@@ -15,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 VERL_PYTHON = ROOT / os.environ.get("VERL_VENV", ".venv-verl") / "bin" / "python"
+VERL_TEST_FILES = ("test_integration_verl.py", "test_integration_verl_monitor.py")
 
 
 @pytest.mark.slow
@@ -33,7 +35,7 @@ def test_verl_plugin_tests_pass_inside_the_verl_environment():
             "-q",
             "-p",
             "no:cacheprovider",
-            str(ROOT / "tests" / "test_integration_verl.py"),
+            *(str(ROOT / "tests" / name) for name in VERL_TEST_FILES),
         ],
         cwd=ROOT,
         env=env,

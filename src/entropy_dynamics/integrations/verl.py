@@ -11,8 +11,11 @@ Importing it registers, in verl's own registries (no verl file is edited):
   the method on the whole batch (`verl_plan.apply_entropy_masks`), log its metrics, and install
   `verl_loss.method_loss` (surrogate x weights + regularisers, on the plan's kept tokens) as
   the actor's loss through verl's `set_loss_fn`.
-`verl_main` is the launcher (verl's `main_ppo` config and overrides): verl's own main for the v1
-trainer, verl's legacy TaskRunner building `EntropyRayPPOTrainer` for `trainer.use_v1=false`.
+`entropy_dynamics.mode: monitor` (`verl_monitor`) keeps verl's own loss and only logs the
+metrics (and, every `probe_steps`, the measured entropy change of an update beside the
+predictions). `verl_main` is the launcher (verl's `main_ppo` config and overrides): verl's own
+main for the v1 trainer, verl's legacy TaskRunner building `EntropyRayPPOTrainer` for
+`trainer.use_v1=false`.
 See docs/verl.md. Only the verl_* modules and this one import verl.
 """
 
@@ -28,7 +31,8 @@ from entropy_dynamics import methods
 
 from .verl_engine import BASELINE_KEY, VENDOR, EntropyFSDPEngine
 from .verl_loss import KEEP_KEY, WEIGHT_KEY, method_loss
-from .verl_plan import VALID_MASK_KEY, apply_entropy_masks
+from .verl_monitor import Settings
+from .verl_plan import VALID_MASK_KEY, apply_entropy_masks, observe_batch
 from .verl_trainers import EntropyRayPPOTrainer, build_method, register_v1_trainer
 
 __all__ = [
@@ -41,9 +45,11 @@ __all__ = [
     "WEIGHT_KEY",
     "EntropyFSDPEngine",
     "EntropyRayPPOTrainer",
+    "Settings",
     "apply_entropy_masks",
     "build_method",
     "method_loss",
+    "observe_batch",
 ]
 
 

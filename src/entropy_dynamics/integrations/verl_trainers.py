@@ -9,11 +9,14 @@ Both do the same four things at verl's stage boundaries (its trainer methods), o
    `set_loss_fn` when the trainer starts;
 4. after the update, `response_mask` is restored, so verl's own data metrics see every token.
 The method comes from the config key `entropy_dynamics.method` (any entropy_dynamics spec).
+With `entropy_dynamics.mode: monitor` (`verl_monitor`) only step 1 runs as above; step 2 logs
+`observe_batch`'s metrics and writes nothing, no loss is installed, our fields leave the batch
+before verl's update, and a probe step asks the actor engine for the entropy probe.
 """
 
 from __future__ import annotations
 
-from functools import partial
+from functools import cached_property, partial
 
 from omegaconf import OmegaConf
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
@@ -23,23 +26,31 @@ from entropy_dynamics import methods
 
 from .verl_engine import BASELINE_KEY, CALCULATE_BASELINE_KEY
 from .verl_loss import check_actor_config, method_loss
-from .verl_plan import VALID_MASK_KEY, apply_entropy_masks, plan_fields
+from .verl_monitor import Settings, check_monitor_method, lift_probe_metrics
+from .verl_plan import VALID_MASK_KEY, apply_entropy_masks, observe_batch, plan_fields
 
 __all__ = ["ENTROPY_KEY", "EntropyRayPPOTrainer", "build_method", "register_v1_trainer"]
 
 ENTROPY_KEY = "entropy"  # the legacy trainer drops `entropys` after logging it; H is kept here
 
 
-def build_method(config) -> methods.Method:
-    """The method named in ``config.entropy_dynamics.method``, checked against the actor config."""
+def build_method(config) -> methods.Method | None:
+    """The method named in ``config.entropy_dynamics.method``, checked against the actor config
+    (train mode) or against what monitor mode reports (None: monitor mode without a method)."""
+    settings = Settings.from_config(config)
     spec = OmegaConf.select(config, "entropy_dynamics.method", default=None)
+    if not spec and settings.monitor:
+        return None
     if not spec:
         raise ValueError(
             "the entropy_dynamics trainers need the method in the config: "
             "+entropy_dynamics.method='clip_b(mu=2.5)' (any entropy_dynamics spec)"
         )
     method = methods.build(OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else spec)
-    check_actor_config(method, config.actor_rollout_ref.actor)
+    if settings.monitor:  # verl's own loss trains: its entropy_coeff and KL settings are its own
+        check_monitor_method(method)
+    else:
+        check_actor_config(method, config.actor_rollout_ref.actor)
     if method.updated_after_step:
         raise ValueError(
             f"{method.spec}: {', '.join(method.updated_after_step)} update their state after each "
@@ -70,9 +81,14 @@ class EntropyRayPPOTrainer(RayPPOTrainer):
         super().__init__(*args, **kwargs)
         self.method = build_method(self.config)
 
+    @cached_property
+    def settings(self) -> Settings:
+        return Settings.from_config(self.config)
+
     def init_workers(self):
         super().init_workers()
-        _install_loss(self)
+        if not self.settings.monitor:
+            _install_loss(self)
 
     def _compute_old_log_prob(self, batch):
         # verl keeps only the output keys it knows; N is read from the worker output on the way.
@@ -106,11 +122,27 @@ class EntropyRayPPOTrainer(RayPPOTrainer):
         return old_log_prob, mfu
 
     def _update_actor(self, batch):
+        if self.settings.monitor:
+            return self._monitor_update_actor(batch)
         metrics = apply_entropy_masks(batch, self.method, lr=_lr(self.config))
         try:
             output = super()._update_actor(batch)
         finally:
             batch.batch["response_mask"] = batch.batch[VALID_MASK_KEY]
+        output.meta_info["metrics"].update(metrics)
+        return output
+
+    def _monitor_update_actor(self, batch):
+        metrics = observe_batch(batch, self.method)
+        batch.pop(batch_keys=[BASELINE_KEY, ENTROPY_KEY])  # verl's update gets its own batch
+        flags = self.settings.probe_flags(self.global_steps)
+        batch.meta_info.update(flags)
+        try:
+            output = super()._update_actor(batch)
+        finally:
+            for key in flags:
+                batch.meta_info.pop(key)
+        lift_probe_metrics(output.meta_info["metrics"], probed=bool(flags))
         output.meta_info["metrics"].update(metrics)
         return output
 
@@ -136,10 +168,15 @@ def register_v1_trainer() -> bool:
     class EntropyPPOTrainerSync(PPOTrainerSync):
         """verl's synchronous v1 trainer with the entropy_dynamics plan (module docstring)."""
 
+        @cached_property
+        def settings(self) -> Settings:
+            return Settings.from_config(self.config)
+
         def init(self):
             self.method = build_method(self.config)
             super().init()
-            _install_loss(self)
+            if not self.settings.monitor:
+                _install_loss(self)
 
         def _compute_old_log_prob(self, batch, metrics):
             batch.extra_info[CALCULATE_BASELINE_KEY] = True
@@ -170,11 +207,24 @@ def register_v1_trainer() -> bool:
             )
             response_mask = data["response_mask"]
             padded = data.to_padded_tensor()  # whole batch: (B, T) each
+            if self.settings.monitor:  # nothing goes back into the queue
+                metrics.update(observe_batch(padded, self.method))
+                return batch
             metrics.update(apply_entropy_masks(padded, self.method, lr=_lr(self.config)))
             put(batch, padded, ["response_mask", *plan_fields(padded)], response_mask)
             return batch
 
         def _update_actor(self, batch, metrics):
+            if self.settings.monitor:
+                flags = self.settings.probe_flags(self.global_steps)
+                batch.extra_info.update(flags)
+                try:
+                    batch = super()._update_actor(batch, metrics)
+                finally:
+                    for key in flags:
+                        batch.extra_info.pop(key, None)
+                lift_probe_metrics(metrics, probed=bool(flags))
+                return batch
             try:
                 return super()._update_actor(batch, metrics)
             finally:
