@@ -46,7 +46,9 @@ def test_interrupt_then_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
 
     resumed = tmp_path / "resumed"
     _interrupt_after(monkeypatch, 2)
-    loop.train(tiny_config(resumed, *overrides), task=DigitTask())
+    with pytest.raises(loop.TrainInterrupted) as stop:  # a caller never takes it for finished
+        loop.train(tiny_config(resumed, *overrides), task=DigitTask())
+    assert stop.value.step == 2 and stop.value.run_dir == resumed
     assert latest_checkpoint(resumed).name == "step-2"  # Ctrl-C saved a checkpoint
     assert [r["step"] for r in read_jsonl(resumed / "metrics.jsonl")] == [1, 2]
     monkeypatch.undo()

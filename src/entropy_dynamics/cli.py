@@ -47,7 +47,11 @@ _OVERRIDES_HELP = (
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from entropy_dynamics.train.loop import NonFiniteLossError, train  # torch, transformers
+    from entropy_dynamics.train.loop import (  # torch, transformers
+        NonFiniteLossError,
+        TrainInterrupted,
+        train,
+    )
 
     overrides = list(args.overrides)
     if args.run_dir:
@@ -59,6 +63,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except TrainInterrupted as stop:  # the checkpoint is saved: a clean stop, not an error
+        run_dir = stop.run_dir
     print(f"run directory: {run_dir}")
     return 0
 

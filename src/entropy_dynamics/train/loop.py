@@ -73,6 +73,16 @@ class WeightsDivergedError(NonFiniteLossError):
     """Raised when an update leaves non-finite weights or multiplies their norm by 100 or more."""
 
 
+class TrainInterrupted(KeyboardInterrupt):
+    """Raised by `train` after Ctrl-C or SIGTERM, once the checkpoint of the last finished step
+    is saved: a caller that trains several runs (the demo, `reproduce`) stops instead of taking
+    the unfinished run for a finished one. `entropy-dynamics train` catches it and exits 0."""
+
+    def __init__(self, run_dir: Path, step: int, by: str):
+        super().__init__(f"{by} at step {step}; continue with --resume")
+        self.run_dir, self.step = run_dir, step
+
+
 DIVERGED_NORM_RATIO = 100.0
 """Weights whose global norm reaches this multiple of the run's starting norm stop the run."""
 
@@ -87,7 +97,8 @@ def train(
     overwrite: bool = False,
     allow_config_change: bool = False,
 ) -> Path:
-    """Run `cfg.steps` RL steps; returns the run directory. Ctrl-C or SIGTERM checkpoints and returns.
+    """Run `cfg.steps` RL steps; returns the run directory. Ctrl-C or SIGTERM lets the step in
+    progress finish, saves a checkpoint, then raises `TrainInterrupted` (a KeyboardInterrupt).
 
     `task` (an object with problems / format_prompt / reward) replaces `tasks.get(cfg.task.name)`,
     for tasks that are not registered. A non-empty run directory is refused unless `resume`
@@ -138,6 +149,7 @@ def _train(cfg: TrainConfig, *, resume: bool, task) -> Path:
         if run.step == first_step:  # a finished run resumed, or Ctrl-C before the first step
             if interrupted["flag"]:
                 warn(f"{interrupted['by']} before step {run.step + 1}; nothing new to save")
+                raise TrainInterrupted(run.run_dir, run.step, interrupted["by"])
             return run.run_dir
         if interrupted["flag"]:
             warn(
@@ -153,6 +165,8 @@ def _train(cfg: TrainConfig, *, resume: bool, task) -> Path:
                                   last=shown["last"], evaluation=evaluation,
                                   notes=run.watch.summary())  # fmt: skip
             progress.write("\n".join(summary))
+        if interrupted["flag"]:
+            raise TrainInterrupted(run.run_dir, run.step, interrupted["by"])
     finally:
         for name, handler in previous_handlers.items():
             signal.signal(getattr(signal, name), handler)
