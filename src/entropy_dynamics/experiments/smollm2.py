@@ -21,6 +21,7 @@ the start, and against GRPO (bootstrap over problems pooled over seeds).
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -34,6 +35,7 @@ from ..train.logging import read_jsonl
 from .common import (
     ExperimentResult,
     bootstrap_difference,
+    jsonable,
     markdown_table,
     per_problem,
     save_figure,
@@ -54,7 +56,7 @@ METHODS = {  # label -> spec; "{target}" / "{lr}" are filled in after the calibr
     "Clip_V mu 2.0": "clip_v(mu=2.0, max_frac=0.05)",
     "target H 1.0 (Clip_B)": CONTROLLER,
 }
-PROBE_EVERY = 4  # GRPO's probe steps calibrate the controller
+PROBE_EVERY = 5  # GRPO's probe steps calibrate the controller
 _COMMON = [
     "rollout.prompts_per_step=4",
     "rollout.max_new_tokens=16",
@@ -81,7 +83,7 @@ SIZES = {
     },
     "default": {
         "seeds": [0, 1, 2],
-        "steps": 40,
+        "steps": 30,
         "k": 16,
         "probe_every": PROBE_EVERY,
         "overrides": [*_COMMON, "task.n_eval=32"],
@@ -157,14 +159,36 @@ def _calibration(grpo_runs: list[dict], optim_lr: float) -> dict:
     }
 
 
-def _progress(done: int, total: int, label: str, seed: int, run: dict, start: float) -> None:
-    elapsed = time.perf_counter() - start
-    eta = elapsed / done * (total - done)
+def _saved_run(path: Path, key: dict) -> dict | None:
+    """A finished run saved by an earlier invocation with the same settings (``key``), else
+    None (no file, or other settings: the run is trained again and the file replaced)."""
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved["run"] if isinstance(saved, dict) and saved.get("key") == key else None
+
+
+def _save_run(path: Path, key: dict, run: dict) -> None:
+    """Write ``{"key", "run"}`` whole (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps({"key": key, "run": jsonable(run)}))
+    partial.replace(path)
+
+
+def _progress(done: int, total: int, label: str, seed: int, run: dict | None, left_s: float):
+    """One line per run on stderr: what it reached and the time left (None: reused)."""
+    head = f"[smollm2] {done}/{total} {label} seed {seed}:"
+    if run is None:
+        print(f"{head} reused the saved run", file=sys.stderr, flush=True)
+        return
     print(
-        f"[smollm2] {done}/{total} {label} seed {seed}: final entropy "
-        f"{run['final_entropy']:.3f}, held-out avg@k {run['start']['avg@k']:.3f} -> "
-        f"{run['final']['avg@k']:.3f}, {run['step_s']:.1f} s/step; {elapsed / 60:.1f} min "
-        f"so far, about {eta / 60:.0f} min left",
+        f"{head} final entropy {run['final_entropy']:.3f}, held-out avg@k "
+        f"{run['start']['avg@k']:.3f} -> {run['final']['avg@k']:.3f}, {run['step_s']:.1f} s/step;"
+        f" about {left_s / 60:.0f} min left",
         file=sys.stderr,
         flush=True,
     )
@@ -178,8 +202,9 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
     optim_lr = _config(Path("unused"), size, seed=0, spec="grpo", probe=0).optim.lr
     runs: dict[str, list[dict]] = {}
     specs: dict[str, str] = {}
-    total, start = len(METHODS) * len(size["seeds"]), time.perf_counter()
+    total, start, trained = len(METHODS) * len(size["seeds"]), time.perf_counter(), 0
     calibration = None
+    saved = Path(out_dir) / "smollm2" / "runs"  # one JSON per finished run: a rerun resumes
     with tempfile.TemporaryDirectory() as tmp:
         for index, (label, template) in enumerate(METHODS.items()):
             if label != "GRPO" and calibration is None:
@@ -189,11 +214,26 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
             probe = size["probe_every"] if label == "GRPO" else 0
             runs[label] = []
             for seed in size["seeds"]:
-                one = _run(
-                    Path(tmp) / f"{index}_{seed}", size, seed=seed, spec=specs[label], probe=probe
-                )
+                key = {
+                    "spec": specs[label],
+                    "seed": seed,
+                    "probe_every": probe,
+                    "steps": size["steps"],
+                    "k": size["k"],
+                    "overrides": size["overrides"],
+                }
+                one, reused = _saved_run(saved / f"{index}_{seed}.json", key), True
+                if one is None:
+                    run_dir = Path(tmp) / f"{index}_{seed}"
+                    one = _run(run_dir, size, seed=seed, spec=specs[label], probe=probe)
+                    _save_run(saved / f"{index}_{seed}.json", key, one)
+                    reused, trained = False, trained + 1
                 runs[label].append(one)
-                _progress(sum(map(len, runs.values())), total, label, seed, one, start)
+                done = sum(map(len, runs.values()))
+                per_run = (time.perf_counter() - start) / max(trained, 1)
+                _progress(
+                    done, total, label, seed, None if reused else one, per_run * (total - done)
+                )
     result.settings = {
         "config": "configs/smollm2.yaml",
         "overrides": size["overrides"],
