@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The examples/verl GPU job: GRPO, Clip_B or Clip_V with verl 0.9.1 + vLLM on one GPU.
 #
-#   bash examples/verl/run.sh clip_v [verl overrides...]      # grpo | clip_b | clip_v
+#   bash examples/verl/run.sh clip_v [verl overrides...]      # grpo | clip_b | clip_v | monitor
 #   bash examples/verl/run.sh clip_v trainer.use_v1=false     # verl's legacy trainer instead
+#   bash examples/verl/run.sh monitor    # verl's own loss; our metrics only (entropy_monitor.yaml)
 #
 # The launcher takes verl.trainer.main_ppo's config and overrides: with trainer.use_v1=true (the
 # configs' default) it is verl's own main (v1 trainer `entropy_sync`); with trainer.use_v1=false
@@ -14,7 +15,7 @@
 # method on one 80 GB GPU with Qwen2.5-0.5B-Instruct (estimate: not run here, see docs/verl.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-METHOD=${1:?usage: run.sh grpo|clip_b|clip_v [overrides...]}
+METHOD=${1:?usage: run.sh grpo|clip_b|clip_v|monitor [overrides...]}
 shift
 export ED_VERL_DATA=${ED_VERL_DATA:-$HOME/data/entropy_dynamics}
 export ED_VERL_EXAMPLES=$PWD/examples/verl
