@@ -230,6 +230,35 @@ def test_options_that_cannot_be_honoured_are_refused(tmp_path):
         EntropyGRPOConfig(entropy_method="pg + clip_b", loss_type="sapo", **common)
     # TRL's own surrogate (plain ppo) keeps every TRL option: KL, loss types, entropy mask
     EntropyGRPOConfig(entropy_method="clip_b", beta=0.1, loss_type="sapo", **common)
+    # what TRL would silently skip: the method's own advantages, our reference reset
+    for method in ("qae", "w_reinforce"):
+        with pytest.raises(ValueError, match="advantage estimator"):
+            EntropyGRPOConfig(entropy_method=method, **common)
+    with pytest.raises(ValueError, match="sync_ref_model"):
+        EntropyGRPOConfig(entropy_method="ppo + kl_ref(reset_every=5)", **common)
+
+
+def test_evaluation_batches_leave_the_method_state_as_training_left_it(tmp_path):
+    """TRL plans its eval batches too; they must not advance a stateful filter (Clip-Cov's
+    random draw here), or evaluating would change the training that follows."""
+    method = "ppo(eps_low=1.0, eps_high=1.0) + clip_cov(ratio=0.5, lb=-1e9, ub=1e9)"  # draws
+    trainer = make_trainer(tmp_path, method, steps=1, trainer_cls=EntropyGRPOTrainer)
+    trainer.eval_dataset = Dataset.from_dict({"prompt": [f"{i}-{i}=" for i in range(8)]})
+    trainer.args.per_device_eval_batch_size = 8
+    start = trainer.method.state_dict()
+    trainer.train()
+    trained = trainer.method.state_dict()
+    assert not _same_state(start, trained)  # a training plan does advance the draw
+    planned = trainer.last_plan
+    trainer.evaluate()
+    assert trainer.last_plan is not planned  # an evaluation batch was planned
+    assert _same_state(trainer.method.state_dict(), trained)
+
+
+def _same_state(a, b):
+    return a.keys() == b.keys() and all(
+        a[p].keys() == b[p].keys() and all(torch.equal(a[p][k], b[p][k]) for k in a[p]) for p in a
+    )
 
 
 def test_probe_logs_the_measured_entropy_change_of_the_update(tmp_path):

@@ -269,3 +269,27 @@ def test_property_micro_batching_and_padding_do_not_change_the_result(seed, cuts
     padded_plan = method.plan(padded)
     assert torch.equal(padded_plan.keep[:, :12], plan.keep) and not padded_plan.keep[:, 12:].any()
     assert torch.allclose(total(padded_plan, padded), whole, atol=1e-6)
+
+
+def test_plan_without_advancing_state_decides_alike_and_keeps_the_state():
+    """``advance_state=False`` (an evaluation batch): the same plan as a training batch would
+    get from this state, and the stateful filter's state (Clip-Cov's draw) stays put."""
+    g = torch.Generator().manual_seed(3)
+    B, T = 6, 8
+    logprobs = -torch.rand(B, T, generator=g) * 3
+    batch = TokenBatch(
+        mask=torch.rand(B, T, generator=g) > 0.2,
+        advantages=torch.randn(B, 1, generator=g).expand(B, T).contiguous(),
+        logprobs=logprobs,
+        old_logprobs=logprobs,
+        entropy=torch.rand(B, T, generator=g),
+        discriminator=torch.randn(B, T, generator=g),
+    )
+    method = build("ppo(eps_low=1.0, eps_high=1.0) + clip_cov(ratio=0.5, lb=-1e9, ub=1e9)")
+    start = method.state_dict()["clip_cov"]["generator"].clone()
+    looked = method.plan(batch, advance_state=False)
+    assert torch.equal(method.state_dict()["clip_cov"]["generator"], start)
+    trained = method.plan(batch)
+    assert torch.equal(looked.keep, trained.keep) and torch.equal(looked.weight, trained.weight)
+    assert not torch.equal(trained.weight, torch.ones_like(trained.weight))  # it did drop some
+    assert not torch.equal(method.state_dict()["clip_cov"]["generator"], start)  # advanced

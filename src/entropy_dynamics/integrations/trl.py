@@ -145,6 +145,20 @@ class EntropyGRPOConfig(GRPOConfig):
                 "entropy statistics are measured under the training policy, not vLLM's; set "
                 "vllm_importance_sampling_correction=False"
             )
+        if method.advantage is not None:
+            raise ValueError(
+                f"entropy_method={self.entropy_method!r} prescribes its own advantage estimator "
+                f"({method.advantage.spec}), which TRL's GRPOTrainer would ignore (it trains on "
+                "its own group-normalised advantages, see scale_rewards); choose a method "
+                "without an estimator part"
+            )
+        if method.reference_reset_every:
+            raise ValueError(
+                f"entropy_method={self.entropy_method!r} resets the KL reference every "
+                f"{method.reference_reset_every} steps, which only our trainer does; with TRL "
+                "use kl_ref without reset_every and GRPOConfig(sync_ref_model=True, "
+                "ref_model_sync_steps=N, ref_model_mixup_alpha=1.0)"
+            )
         if not _uses_trl_surrogate(method):
             _check_method_loss_options(self)
         else:
@@ -265,7 +279,9 @@ class EntropyGRPOTrainer(GRPOTrainer):
             baseline=stats.baseline if self.method.needs_baseline else None,
             ref_logprobs=output.get("ref_per_token_logps"),
         )
-        plan = self.method.plan(batch)  # batch-global across ranks through torch.distributed
+        # batch-global across ranks through torch.distributed; an eval batch leaves the
+        # stateful filters' state (AEPO's switch, Clip-Cov's draw) as training left it
+        plan = self.method.plan(batch, advance_state=mode == "train")
         output[KEEP_KEY] = plan.keep
         output[WEIGHT_KEY] = plan.weight
         output[NUM_TOKENS_KEY] = plan.num_tokens

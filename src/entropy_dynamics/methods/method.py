@@ -114,12 +114,14 @@ class Method:
     def __repr__(self) -> str:
         return f"Method({self.spec!r})"
 
-    def plan(self, batch: TokenBatch, *, group=None) -> Plan:
+    def plan(self, batch: TokenBatch, *, group=None, advance_state: bool = True) -> Plan:
         """Decide keep mask, weights and regulariser tokens for one training batch.
 
         Every filter sees the same valid tokens (``batch.mask``); ``keep = mask & the keeps of
         the filters with denominator "kept"``; a "valid" filter's drops get surrogate weight 0.
         ``clipped`` (for Clip-Cov) is the surrogate's clip at ``r = exp(logp - old_logp)``.
+        ``advance_state=False`` plans a batch that is not trained on (an evaluation batch): the
+        stateful filters (AEPO's switch, Clip-Cov's draw) decide from their state and keep it.
         """
         if not isinstance(batch, TokenBatch):
             raise ValueError(f"plan: expected a TokenBatch, got {type(batch).__name__}")
@@ -137,10 +139,11 @@ class Method:
         )
         keep = batch.mask.clone()
         zeroed = torch.zeros_like(batch.mask)  # dropped, yet counted: surrogate weight 0
+        states = self._state if advance_state else dict(self._state)
         for part in self.filters:
-            if part.name in self._state:  # stateful: receives its state, returns the new one
-                part_keep, part_metrics, self._state[part.name] = part.keep(
-                    batch, clipped=clipped, group=group, state=self._state[part.name]
+            if part.name in states:  # stateful: receives its state, returns the new one
+                part_keep, part_metrics, states[part.name] = part.keep(
+                    batch, clipped=clipped, group=group, state=states[part.name]
                 )
             else:
                 part_keep, part_metrics = part.keep(batch, clipped=clipped, group=group)
