@@ -8,7 +8,7 @@ import torch
 
 from entropy_dynamics import diagnostics as dg
 from entropy_dynamics import methods
-from entropy_dynamics.methods import TokenBatch
+from entropy_dynamics.methods import PlanContext, TokenBatch
 from entropy_dynamics.methods.target import scheduled_target, target_entropy_choice
 
 MUS = (3.0, 2.0, 1.0, 0.5, 0.25)
@@ -69,7 +69,7 @@ def test_target_entropy_matches_the_float64_reference(base, seed, target):
     kwargs = dict(base=base, target=target, lr=0.7, gain=0.5, ki=0.1, max_drop=0.3, mus=MUS)
     part = methods.get_part("target_entropy")(**kwargs)
     state = {"step": torch.tensor(0), "integral": torch.tensor(0.4, dtype=torch.float64)}
-    keep, metrics, new_state = part.keep(batch, clipped=torch.zeros_like(batch.mask), state=state)
+    keep, metrics, new_state = part.keep(PlanContext(batch, state=state))
     want, mu, error, desired = _reference(batch, integral=0.4, **kwargs)
     assert torch.equal(keep, want)
     assert float(metrics[dg.TARGET_ENTROPY_MU]) == mu
@@ -103,19 +103,19 @@ def test_hand_case():
     part = methods.get_part("target_entropy")(target=2.0, lr=1.0, gain=0.5, mus=(1.0,),
                                               max_drop=0.25)  # fmt: skip
     state = part.init_state()
-    keep, metrics, _ = part.keep(batch, clipped=torch.zeros_like(batch.mask), state=state)
+    keep, metrics, _ = part.keep(PlanContext(batch, state=state))
     assert keep.tolist() == [[True, True, True, False]]
     assert float(metrics[dg.TARGET_ENTROPY_PREDICTED]) == pytest.approx(0.75)
     assert float(metrics[dg.TARGET_ENTROPY_PREDICTED_OFF]) == pytest.approx(0.0)
     assert float(metrics[dg.TARGET_ENTROPY_SATURATED]) == 0.0  # it can give what is asked
     part = methods.get_part("target_entropy")(target=2.0, lr=1.0, gain=0.5, mus=(1.0,),
                                               max_drop=0.2)  # fmt: skip
-    keep, metrics, _ = part.keep(batch, clipped=torch.zeros_like(batch.mask), state=state)
+    keep, metrics, _ = part.keep(PlanContext(batch, state=state))
     assert keep.all() and float(metrics[dg.TARGET_ENTROPY_MU]) == 0.0  # 25 % > 20 %: refused
     assert float(metrics[dg.TARGET_ENTROPY_SATURATED]) == 1.0  # wanted more than it may give
     # above the target: every token kept, saturated (no mask lowers entropy further)
     part = methods.get_part("target_entropy")(target=0.5, lr=1.0, mus=(1.0,), max_drop=0.5)
-    keep, metrics, _ = part.keep(batch, clipped=torch.zeros_like(batch.mask), state=state)
+    keep, metrics, _ = part.keep(PlanContext(batch, state=state))
     assert keep.all() and float(metrics[dg.TARGET_ENTROPY_SATURATED]) == 1.0
 
 

@@ -16,7 +16,18 @@ from . import (  # noqa: F401
     target,
 )
 from . import presets as _presets  # noqa: F401  (registers the presets)
-from .base import Advantage, Filter, Part, Plan, Regulariser, Reweight, Surrogate, TokenBatch
+from .base import (
+    Advantage,
+    Filter,
+    LossContext,
+    Part,
+    Plan,
+    PlanContext,
+    Regulariser,
+    Reweight,
+    Surrogate,
+    TokenBatch,
+)
 from .clipping import ClipVDecision, clip_b_mask, clip_v_decision, clip_v_mask
 from .filters import centred_covariance, clip_cov_mask, sign_condition_mask, top_entropy_mask
 from .method import Method
@@ -30,9 +41,11 @@ __all__ = [
     "Advantage",
     "ClipVDecision",
     "Filter",
+    "LossContext",
     "Method",
     "Part",
     "Plan",
+    "PlanContext",
     "Preset",
     "Regulariser",
     "Reweight",

@@ -18,7 +18,7 @@ from torch import Tensor
 from .. import diagnostics as dg
 from ..distributed import global_sum, masked_mean_std
 from ._checks import check_choice, check_denominator, check_number
-from .base import KEPT, Filter, TokenBatch
+from .base import KEPT, Filter, PlanContext
 from .registry import register
 
 __all__ = ["Aepo", "aepo_batch_entropy", "aepo_switch"]
@@ -95,9 +95,12 @@ class Aepo(Filter):
     def init_state(self) -> dict[str, Tensor]:
         return {"on": torch.tensor(False)}
 
-    def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None, state=None):
+    def keep(self, ctx: PlanContext):
+        batch, group, state = ctx.batch, ctx.group, ctx.state
         if state is None:
-            raise ValueError(f"{self.name} is stateful: pass state= (Method.plan does)")
+            raise ValueError(
+                f"{self.name} is stateful: pass its state in PlanContext(state=...) (Method.plan does)"
+            )
         entropy = aepo_batch_entropy(batch.entropy, batch.mask, mean=self.entropy_mean,
                                      group=group)  # fmt: skip
         value = float(entropy)  # host sync, once per batch (the switch's input)

@@ -11,7 +11,7 @@ from torch import Tensor
 from .. import diagnostics as dg
 from ..distributed import global_sum
 from ._checks import check_choice, check_number, check_same_shape
-from .base import Plan, Regulariser, Surrogate, TokenBatch
+from .base import LossContext, Regulariser, Surrogate, TokenBatch
 from .registry import register
 from .regularisers import KL_ESTIMATORS, kl_estimate
 from .surrogates import LOG_RATIO_CLAMP, _check_dual_clip, _dual_clip
@@ -157,8 +157,8 @@ class ArcherKl(Regulariser):
         check_number(self.name, "high_coef", self.high_coef, low=0.0)
         check_choice(self.name, "estimator", self.estimator, KL_ESTIMATORS)
 
-    def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan: Plan,
-                   **_):  # fmt: skip
+    def token_loss(self, ctx: LossContext):
+        logprobs, plan, ref_logprobs = ctx.logprobs, ctx.plan, ctx.ref_logprobs
         if ref_logprobs is None:
             raise ValueError("archer_kl needs ref_logprobs (a reference policy's log-probs)")
         high = plan.selected.get(Archer.name)

@@ -16,8 +16,10 @@ __all__ = [
     "VALID",
     "Advantage",
     "Filter",
+    "LossContext",
     "Part",
     "Plan",
+    "PlanContext",
     "Regulariser",
     "Reweight",
     "Surrogate",
@@ -112,6 +114,46 @@ class Plan:
         )
 
 
+@dataclass(frozen=True)
+class PlanContext:
+    """What a filter's ``keep`` and a regulariser's ``select`` receive, once per training batch.
+
+    ``batch``: the TokenBatch. ``clipped``: bool ``[B, T]``, the tokens the method's surrogate
+    clips at ``r = exp(logp - old_logp)``, only for a filter that declares ``needs_clipped``
+    (Clip-Cov), else None. ``group``: the process group of the batch-global statistics (None:
+    the default group, or one process). ``state``: the part's own state (``init_state``), only
+    for a stateful part, else None. ``batch.baseline`` (N) is there when some part declares
+    ``needs_baseline``.
+    """
+
+    batch: TokenBatch
+    clipped: Tensor | None = None
+    group: Any = None
+    state: dict[str, Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """What a regulariser's ``token_loss`` receives for one micro-batch; every tensor ``[b, T]``.
+
+    ``logprobs`` carry the gradient; ``old_logprobs`` and ``advantages`` as in the TokenBatch;
+    ``plan``: the micro-batch's rows of the plan (its ``metrics`` hold the batch constants);
+    ``selected``: this regulariser's tokens from ``select`` (None when it chose none).
+    Declared needs only, else None: ``entropy`` (H with gradient, ``needs_entropy``),
+    ``ref_logprobs`` (``needs_ref_logprobs``), ``clamped_entropy`` (with gradient, a part with
+    a ``clamp_p`` field: ``Method.clamp_p``).
+    """
+
+    logprobs: Tensor
+    old_logprobs: Tensor
+    advantages: Tensor
+    plan: Plan
+    selected: Tensor | None = None
+    entropy: Tensor | None = None
+    ref_logprobs: Tensor | None = None
+    clamped_entropy: Tensor | None = None
+
+
 class Part:
     """A registered building block; its dataclass fields are its hyperparameters.
 
@@ -180,15 +222,13 @@ class Filter(Part, abc.ABC):
     """
 
     kind: ClassVar[str] = "filter"
+    needs_clipped: ClassVar[bool] = False  # reads PlanContext.clipped (Clip-Cov)
 
     @abc.abstractmethod
-    def keep(
-        self, batch: TokenBatch, *, clipped: Tensor, group=None
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """KEEP mask (a subset of ``batch.mask``) and batch-global metrics.
+    def keep(self, ctx: PlanContext) -> tuple[Tensor, dict[str, Tensor]]:
+        """KEEP mask (a subset of ``ctx.batch.mask``) and batch-global metrics.
 
-        ``clipped``: bool ``[B, T]``, the tokens the method's surrogate clips at plan time.
-        A stateful filter (``init_state()`` not empty) also receives ``state=`` and returns
+        A stateful filter (``init_state()`` not empty) reads ``ctx.state`` and returns
         ``(keep, metrics, new_state)``.
         """
         ...
@@ -203,33 +243,21 @@ class Regulariser(Part, abc.ABC):
     # names of the plan metrics token_loss reads (batch constants an adapter must carry)
     constants: ClassVar[tuple[str, ...]] = ()
 
-    def select(self, batch: TokenBatch, *, group=None) -> tuple[Tensor | None, dict[str, Tensor]]:
+    def select(self, ctx: PlanContext) -> tuple[Tensor | None, dict[str, Tensor]]:
         """Bool ``[B, T]`` of the tokens this regulariser touches (None = every valid token).
 
         The metrics returned become ``plan.metrics``: batch constants the term reads in
         ``token_loss`` (a coefficient) live there, logged once per batch. A stateful
-        regulariser also receives ``state=``.
+        regulariser reads ``ctx.state``.
         """
         return None, {}
 
     @abc.abstractmethod
-    def token_loss(
-        self,
-        *,
-        logprobs: Tensor,
-        old_logprobs: Tensor,
-        entropy: Tensor | None,
-        ref_logprobs: Tensor | None,
-        selected: Tensor | None,
-        plan: Plan,
-        advantages: Tensor | None = None,
-        clamped_entropy: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Per-token term ``[B, T]`` added to the loss, and its metrics as raw sums over the
+    def token_loss(self, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-token term ``[b, T]`` added to the loss, and its metrics as raw sums over the
         micro-batch's kept tokens (``finalize_metrics`` turns the summed values into means).
-
-        ``advantages`` (``[B, T]``) and ``clamped_entropy`` (``[B, T]``, with gradient; only
-        for a part with ``clamp_p``, see ``Method.clamp_p``) are passed by ``Method.token_loss``.
+        ``ctx`` carries what the part declared (``needs_entropy``, ``needs_ref_logprobs``,
+        ``clamp_p``) besides the log-probs, advantages, plan and its selected tokens.
         """
         ...
 

@@ -13,7 +13,7 @@ from .. import diagnostics as dg
 from .._dtypes import compute_dtype
 from ..distributed import global_sum, masked_mean_std, masked_topk
 from ._checks import check_choice, check_denominator, check_number, check_same_shape
-from .base import KEPT, Filter, TokenBatch
+from .base import KEPT, Filter, PlanContext
 from .registry import register
 
 __all__ = ["ClipB", "ClipV", "ClipVDecision", "clip_b_mask", "clip_v_decision", "clip_v_mask"]
@@ -248,7 +248,8 @@ class ClipB(Filter):
             object.__setattr__(self, key, value)
         check_denominator(self.name, self.denominator)
 
-    def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None):
+    def keep(self, ctx: PlanContext):
+        batch, group = ctx.batch, ctx.group
         keep, mean, std = _clip_b(
             batch.discriminator,
             batch.advantages,
@@ -292,7 +293,8 @@ class ClipV(Filter):
         object.__setattr__(self, "max_frac", max_frac)
         check_denominator(self.name, self.denominator)
 
-    def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None):
+    def keep(self, ctx: PlanContext):
+        batch, group = ctx.batch, ctx.group
         if batch.baseline is None:
             raise ValueError("clip_v needs TokenBatch.baseline (N); compute it with token_stats")
         keep, _, capped = clip_v_decision(

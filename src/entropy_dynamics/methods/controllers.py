@@ -12,7 +12,7 @@ from torch import Tensor
 from .. import diagnostics as dg
 from ..distributed import global_sum, masked_mean_std
 from ._checks import check_choice, check_number
-from .base import Plan, Regulariser, TokenBatch
+from .base import LossContext, Plan, PlanContext, Regulariser
 from .registry import register
 from .surrogates import LOG_RATIO_CLAMP
 
@@ -76,9 +76,12 @@ class EntroPic(Regulariser):
     def init_state(self) -> dict[str, Tensor]:
         return {"integral": torch.tensor(0.0, dtype=torch.float64)}
 
-    def select(self, batch: TokenBatch, *, group=None, state=None):
+    def select(self, ctx: PlanContext):
+        batch, group, state = ctx.batch, ctx.group, ctx.state
         if state is None:
-            raise ValueError(f"{self.name} is stateful: pass state= (Method.plan does)")
+            raise ValueError(
+                f"{self.name} is stateful: pass its state in PlanContext(state=...) (Method.plan does)"
+            )
         mean_h, _, _ = masked_mean_std(batch.entropy, batch.mask, group=group)
         error = float(mean_h) - self.target  # host sync, once per batch (the controller's input)
         alpha = entropic_alpha(error, float(state["integral"]), kp=self.kp, ki=self.ki,
@@ -92,8 +95,14 @@ class EntroPic(Regulariser):
             dg.ENTROPIC_FRAC_HIGH: (counts[0] / counts[1].clamp(min=1)).to(torch.float32),
         }
 
-    def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan,
-                   advantages=None, **_):  # fmt: skip
+    def token_loss(self, ctx: LossContext):
+        logprobs, old_logprobs, advantages, plan, selected = (
+            ctx.logprobs,
+            ctx.old_logprobs,
+            ctx.advantages,
+            ctx.plan,
+            ctx.selected,
+        )
         if advantages is None or selected is None:
             raise ValueError(f"{self.name}: token_loss needs advantages and the plan's tokens")
         if dg.ENTROPIC_ALPHA not in plan.metrics:
@@ -136,11 +145,11 @@ class ClampedEntropyBonus(Regulariser):
         check_number(self.name, "coef", self.coef, low=0.0)
         check_number(self.name, "clamp_p", self.clamp_p, low=0.0, high=1.0, high_open=True)
 
-    def select(self, batch: TokenBatch, *, group=None):
+    def select(self, ctx: PlanContext):
         return None, {dg.AENT_COEF: torch.tensor(float(self.coef))}
 
-    def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan,
-                   clamped_entropy=None, **_):  # fmt: skip
+    def token_loss(self, ctx: LossContext):
+        plan, clamped_entropy = ctx.plan, ctx.clamped_entropy
         if clamped_entropy is None:
             raise ValueError(
                 f"{self.name} needs clamped_entropy (with gradient, clamp_p={self.clamp_p}) in "
@@ -191,9 +200,12 @@ class Aent(ClampedEntropyBonus):
             "step": torch.tensor(0, dtype=torch.int64),
         }
 
-    def select(self, batch: TokenBatch, *, group=None, state=None):
+    def select(self, ctx: PlanContext):
+        state = ctx.state
         if state is None:
-            raise ValueError(f"{self.name} is stateful: pass state= (Method.plan does)")
+            raise ValueError(
+                f"{self.name} is stateful: pass its state in PlanContext(state=...) (Method.plan does)"
+            )
         return None, {dg.AENT_COEF: state["coef"].to(torch.float32)}
 
     def next_state(self, state: dict[str, Tensor], metrics: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -11,7 +11,7 @@ from torch import Tensor
 from .. import diagnostics as dg
 from ..distributed import global_position_select, global_sum, masked_mean_std, masked_quantile
 from ._checks import check_denominator, check_number, check_same_shape
-from .base import KEPT, Filter, TokenBatch
+from .base import KEPT, Filter, PlanContext
 from .registry import register
 
 __all__ = [
@@ -100,6 +100,7 @@ class ClipCov(Filter):
     """
 
     name: ClassVar[str] = "clip_cov"
+    needs_clipped: ClassVar[bool] = True  # the tokens the surrogate clips are not candidates
     ratio: float = 2e-4
     lb: float = 1.0
     ub: float = 5.0
@@ -117,9 +118,12 @@ class ClipCov(Filter):
     def init_state(self) -> dict[str, Tensor]:
         return {"generator": torch.Generator().manual_seed(self.seed).get_state()}
 
-    def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None, state=None):
+    def keep(self, ctx: PlanContext):
+        batch, clipped, group, state = ctx.batch, ctx.clipped, ctx.group, ctx.state
         if state is None:
-            raise ValueError("clip_cov is stateful: pass state= (Method.plan does)")
+            raise ValueError(
+                "clip_cov is stateful: pass its state in PlanContext(state=...) (Method.plan does)"
+            )
         generator = torch.Generator()
         generator.set_state(state["generator"])
         keep = clip_cov_mask(
@@ -164,7 +168,8 @@ class TopEntropy(Filter):
         check_number("top_entropy", "rho", self.rho, low=0.0, high=1.0, low_open=True)
         check_denominator(self.name, self.denominator)
 
-    def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None):
+    def keep(self, ctx: PlanContext):
+        batch, group = ctx.batch, ctx.group
         keep = top_entropy_mask(batch.entropy, batch.mask, rho=self.rho, group=group)
         return keep, dg.drop_fractions(
             keep,
@@ -215,7 +220,8 @@ class SignCondition(Filter):
                     f"sign_condition: {arg} must be 1 or -1, got {getattr(self, arg)!r}"
                 )
 
-    def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None):
+    def keep(self, ctx: PlanContext):
+        batch, group = ctx.batch, ctx.group
         keep = sign_condition_mask(
             batch.discriminator, batch.advantages, batch.mask, sample=self.sample, side=self.side
         )

@@ -10,7 +10,18 @@ from torch import Tensor
 from .. import diagnostics as dg
 from .._dtypes import compute_dtype
 from ..distributed import global_sum
-from .base import VALID, Advantage, Filter, Plan, Regulariser, Reweight, Surrogate, TokenBatch
+from .base import (
+    VALID,
+    Advantage,
+    Filter,
+    LossContext,
+    Plan,
+    PlanContext,
+    Regulariser,
+    Reweight,
+    Surrogate,
+    TokenBatch,
+)
 
 __all__ = ["Method"]
 
@@ -134,27 +145,29 @@ class Method:
         if own is not None:  # a per-token surrogate (Archer): its tokens, for loss and clipped
             selected[self.surrogate.name] = own & batch.mask
         metrics.update(surrogate_metrics)
-        clipped = batch.mask & self.surrogate.clipped(
-            ratio, batch.advantages, **self._surrogate_selection(selected)
-        )
+        clipped = None
+        if any(part.needs_clipped for part in self.filters):
+            clipped = batch.mask & self.surrogate.clipped(
+                ratio, batch.advantages, **self._surrogate_selection(selected)
+            )
         keep = batch.mask.clone()
         zeroed = torch.zeros_like(batch.mask)  # dropped, yet counted: surrogate weight 0
         states = self._state if advance_state else dict(self._state)
         for part in self.filters:
+            ctx = PlanContext(batch, clipped=clipped if part.needs_clipped else None,
+                              group=group, state=states.get(part.name))  # fmt: skip
             if part.name in states:  # stateful: receives its state, returns the new one
-                part_keep, part_metrics, states[part.name] = part.keep(
-                    batch, clipped=clipped, group=group, state=states[part.name]
-                )
+                part_keep, part_metrics, states[part.name] = part.keep(ctx)
             else:
-                part_keep, part_metrics = part.keep(batch, clipped=clipped, group=group)
+                part_keep, part_metrics = part.keep(ctx)
             if getattr(part, "denominator", None) == VALID:
                 zeroed |= batch.mask & ~part_keep
             else:
                 keep &= part_keep
             metrics.update(part_metrics)
         for part in self.regularisers:
-            state = {"state": self._state[part.name]} if part.name in self._state else {}
-            part_selected, part_metrics = part.select(batch, group=group, **state)
+            ctx = PlanContext(batch, group=group, state=self._state.get(part.name))
+            part_selected, part_metrics = part.select(ctx)
             if part_selected is not None:
                 selected[part.name] = part_selected & batch.mask
             metrics.update(part_metrics)
@@ -212,17 +225,20 @@ class Method:
         if self.reweights or self._zeroes_dropped:
             loss = loss * plan.weight.to(loss.dtype)
         metrics = self._surrogate_metrics(diag, plan)
-        for part in self.regularisers:
-            term, part_metrics = part.token_loss(
+        for part in self.regularisers:  # each receives what it declared it needs
+            ctx = LossContext(
                 logprobs=logprobs,
                 old_logprobs=old_logprobs,
-                entropy=entropy,
-                ref_logprobs=ref_logprobs,
-                selected=plan.selected.get(part.name),
-                plan=plan,
                 advantages=advantages,
-                clamped_entropy=clamped_entropy,
+                plan=plan,
+                selected=plan.selected.get(part.name),
+                entropy=entropy if part.needs_entropy else None,
+                ref_logprobs=ref_logprobs if part.needs_ref_logprobs else None,
+                clamped_entropy=(
+                    clamped_entropy if getattr(part, "clamp_p", None) is not None else None
+                ),
             )
+            term, part_metrics = part.token_loss(ctx)
             loss = loss + term
             metrics.update(part_metrics)
         return torch.where(plan.keep, loss, 0.0), metrics

@@ -11,7 +11,7 @@ from torch import Tensor
 from .. import diagnostics as dg
 from ..distributed import global_sum, masked_topk
 from ._checks import check_choice, check_number, check_same_shape
-from .base import Plan, Regulariser, TokenBatch
+from .base import LossContext, Plan, PlanContext, Regulariser
 from .filters import centred_covariance
 from .registry import register
 
@@ -80,10 +80,11 @@ class EntropyBonus(Regulariser):
     def __post_init__(self) -> None:
         check_number(self.name, "coef", self.coef, low=0.0)
 
-    def select(self, batch: TokenBatch, *, group=None):
+    def select(self, ctx: PlanContext):
         return None, {dg.ENTROPY_BONUS_COEF: torch.tensor(float(self.coef))}
 
-    def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan, **_):
+    def token_loss(self, ctx: LossContext):
+        plan, entropy = ctx.plan, ctx.entropy
         if entropy is None:
             raise ValueError(f"{self.name} needs entropy (with gradient) in token_loss(...)")
         if dg.ENTROPY_BONUS_COEF not in plan.metrics:
@@ -121,9 +122,12 @@ class AdaptiveEntropyBonus(EntropyBonus):
     def init_state(self) -> dict[str, Tensor]:
         return {"coef": torch.tensor(float(self.coef), dtype=torch.float64)}
 
-    def select(self, batch: TokenBatch, *, group=None, state=None):
+    def select(self, ctx: PlanContext):
+        state = ctx.state
         if state is None:
-            raise ValueError(f"{self.name} is stateful: pass state= (Method.plan does)")
+            raise ValueError(
+                f"{self.name} is stateful: pass its state in PlanContext(state=...) (Method.plan does)"
+            )
         return None, {dg.ENTROPY_BONUS_COEF: state["coef"].to(torch.float32)}
 
     def next_state(self, state: dict[str, Tensor], metrics: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -156,14 +160,21 @@ class KlCov(Regulariser):
         check_number(self.name, "ratio", self.ratio, low=0.0, high=1.0, low_open=True)
         check_number(self.name, "coef", self.coef, low=0.0)
 
-    def select(self, batch: TokenBatch, *, group=None):
+    def select(self, ctx: PlanContext):
+        batch, group = ctx.batch, ctx.group
         selected = kl_cov_select(
             batch.advantages, batch.logprobs, batch.mask, ratio=self.ratio, group=group
         )
         counts = global_sum(torch.stack([selected.sum(), batch.mask.sum()]))
         return selected, {dg.KL_COV_FRAC_SELECTED: counts[0] / counts[1].clamp(min=1)}
 
-    def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan, **_):
+    def token_loss(self, ctx: LossContext):
+        logprobs, old_logprobs, plan, selected = (
+            ctx.logprobs,
+            ctx.old_logprobs,
+            ctx.plan,
+            ctx.selected,
+        )
         penalty = torch.where(selected, self.coef * (logprobs - old_logprobs).abs(), 0.0)
         return penalty, {dg.KL_COV_PENALTY: _kept_sum(penalty, plan)}
 
@@ -214,7 +225,8 @@ class KlRef(Regulariser):
         ``reset_every`` steps. Example: reset_every=3 resets after steps 3, 6, 9, ..."""
         return self.reset_every > 0 and step > 0 and step % self.reset_every == 0
 
-    def token_loss(self, *, logprobs, old_logprobs, entropy, ref_logprobs, selected, plan, **_):
+    def token_loss(self, ctx: LossContext):
+        logprobs, plan, ref_logprobs = ctx.logprobs, ctx.plan, ctx.ref_logprobs
         if ref_logprobs is None:
             raise ValueError("kl_ref needs ref_logprobs [B, T] in token_loss(...)")
         kl = kl_estimate(logprobs, ref_logprobs, estimator=self.estimator)

@@ -21,7 +21,7 @@ from .. import diagnostics as dg
 from .. import theory
 from ..distributed import global_sum, masked_mean_std
 from ._checks import check_choice, check_denominator, check_number
-from .base import KEPT, Filter, TokenBatch
+from .base import KEPT, Filter, PlanContext, TokenBatch
 from .clipping import clip_b_mask, clip_v_decision
 from .registry import register
 
@@ -133,9 +133,12 @@ class TargetEntropy(Filter):
         return clip_v_decision(batch.discriminator, batch.baseline, batch.advantages, batch.mask,
                                mu=mu, max_frac=1.0, group=group).keep  # fmt: skip
 
-    def keep(self, batch: TokenBatch, *, clipped: Tensor, group=None, state=None):
+    def keep(self, ctx: PlanContext):
+        batch, group, state = ctx.batch, ctx.group, ctx.state
         if state is None:
-            raise ValueError(f"{self.name} is stateful: pass state= (Method.plan does)")
+            raise ValueError(
+                f"{self.name} is stateful: pass its state in PlanContext(state=...) (Method.plan does)"
+            )
         if batch.baseline is None:
             raise ValueError(f"{self.name} needs TokenBatch.baseline (N); use token_stats")
         mask = batch.mask
