@@ -41,7 +41,7 @@ test-slow: setup verl-env
 	$(PY) -m pytest -m slow -q
 
 test-verl: setup verl-env
-	.venv-verl/bin/python -m pytest tests/test_integration_verl.py -q -p no:cacheprovider
+	.venv-verl/bin/python -m pytest tests/test_integration_verl.py tests/test_integration_verl_monitor.py -q -p no:cacheprovider
 
 test-all: setup verl-env
 	$(PY) -m pytest -q

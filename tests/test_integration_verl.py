@@ -431,6 +431,13 @@ def test_actor_loss_refuses_verl_settings_it_would_ignore():
             plugin.build_method(OmegaConf.create(
                 {"entropy_dynamics": {"method": spec}, "actor_rollout_ref": {"actor": actor}}
             ))  # fmt: skip
+    # what verl would silently skip: the method's own advantages, our reference reset
+    for spec, message in (("qae", "advantage estimator"), ("w_reinforce", "advantage estimator"),
+                          ("ppo + kl_ref(reset_every=4)", "reset_every")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            plugin.build_method(OmegaConf.create(
+                {"entropy_dynamics": {"method": spec}, "actor_rollout_ref": {"actor": actor}}
+            ))  # fmt: skip
     # Clip-Cov's state moves in the driver's plan, so it runs
     plugin.build_method(OmegaConf.create(
         {"entropy_dynamics": {"method": "clip_cov"}, "actor_rollout_ref": {"actor": actor}}

@@ -50,6 +50,7 @@ def build_method(config) -> methods.Method | None:
     if settings.monitor:  # verl's own loss trains: its entropy_coeff and KL settings are its own
         check_monitor_method(method)
     else:
+        _check_what_verl_would_skip(method)
         check_actor_config(method, config.actor_rollout_ref.actor)
     if method.updated_after_step:
         raise ValueError(
@@ -58,6 +59,24 @@ def build_method(config) -> methods.Method | None:
             "yet (their coefficient would stay at its start); use our trainer or TRL for them"
         )
     return method
+
+
+def _check_what_verl_would_skip(method: methods.Method) -> None:
+    """Refuse the parts a verl run would silently leave out: an advantage estimator (verl
+    computes the advantages with algorithm.adv_estimator) and kl_ref's reference reset (verl's
+    reference model stays as loaded)."""
+    if method.advantage is not None:
+        raise ValueError(
+            f"{method.spec}: its advantage estimator ({method.advantage.spec}) would be ignored: "
+            "verl computes the advantages (algorithm.adv_estimator); choose a method without an "
+            "estimator part"
+        )
+    if method.reference_reset_every:
+        raise ValueError(
+            f"{method.spec}: kl_ref(reset_every={method.reference_reset_every}) resets the KL "
+            "reference in our trainer only; verl keeps its reference model as loaded, so drop "
+            "reset_every"
+        )
 
 
 def _install_loss(trainer) -> None:
