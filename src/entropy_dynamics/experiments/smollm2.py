@@ -38,9 +38,9 @@ from .common import (
     jsonable,
     markdown_table,
     per_problem,
-    save_figure,
     seed_interval,
 )
+from .smollm2_figures import draw_figures
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smollm2.yaml"
 TARGET = 1.0  # the start's entropy is about 2.1; GRPO's falls below 0.5 within 15 steps
@@ -251,9 +251,17 @@ def run(out_dir, *, quick: bool = False) -> ExperimentResult:
         for r, g in zip(rs, runs["GRPO"], strict=True)
     )
     result.metrics = {"runs": runs, "summary": _summary(runs), "same_start": same_start}
-    _claims(result, runs, size["k"])
+    changes = {
+        label: {
+            kind: _change([r["start"] for r in rs], [r["final"] for r in rs], kind)
+            for kind in ("avg", "pass")
+        }
+        for label, rs in runs.items()
+    }
+    result.metrics["change_from_start"] = changes
+    _claims(result, runs, changes, size["k"])
     result.notes = _table(runs, size)
-    _figures(result, out_dir, runs, size["k"])
+    draw_figures(result, out_dir, runs, changes, k=size["k"], target=TARGET)
     return result
 
 
@@ -283,7 +291,7 @@ def _change(before: list[dict], after: list[dict], kind: str) -> dict:
     )
 
 
-def _claims(result: ExperimentResult, runs: dict[str, list[dict]], k: int) -> None:
+def _claims(result: ExperimentResult, runs: dict, changes: dict, k: int) -> None:
     """Entropy claims by Student-t intervals over seeds (paired by seed), held-out claims by
     bootstrap intervals over problems pooled over seeds; each holds only when its interval lies
     on the claimed side (one seed: no entropy interval, no entropy claim holds)."""
@@ -297,10 +305,9 @@ def _claims(result: ExperimentResult, runs: dict[str, list[dict]], k: int) -> No
         "hi < 0.8",
         "Student-t interval over seeds of each seed's final / first entropy",
     )
-    for label, rs in runs.items():
+    for label in runs:
         for metric in (f"avg@{k}", f"pass@{k}"):
-            kind = metric.split("@")[0]
-            diff = _change([r["start"] for r in rs], [r["final"] for r in rs], kind)
+            diff = changes[label][metric.split("@")[0]]
             result.check(
                 f"{label} improves held-out {metric} over the starting model (95 % interval of "
                 "the change > 0)",
@@ -367,68 +374,3 @@ def _table(runs: dict[str, list[dict]], size: dict) -> str:
             rows,
         )
     )
-
-
-def _figures(result: ExperimentResult, out_dir, runs: dict[str, list[dict]], k: int) -> None:
-    from ..report.plotting import new_figure, run_colors
-
-    colors = run_colors(list(runs))
-    fig, axes = new_figure(1, 3, panel_width=4.6, panel_height=3.8)
-    for ax, key, title in (
-        (axes[0, 0], "entropy", "entropy of fresh rollouts"),
-        (axes[0, 1], "reward", "training reward"),
-        (axes[0, 2], "dropped", "share of tokens dropped"),
-    ):
-        for label, rs in runs.items():
-            curves = np.array([r[key] for r in rs])
-            steps = np.arange(1, curves.shape[1] + 1)
-            ax.plot(
-                steps,
-                curves.mean(0),
-                color=colors[label],
-                label=label,
-                lw=2.5 if label == "GRPO" or label.startswith("target") else 1.2,
-            )
-            if len(rs) > 1:
-                ax.fill_between(
-                    steps, curves.min(0), curves.max(0), color=colors[label], alpha=0.12
-                )
-        ax.set(xlabel="step", title=f"{title} (mean, seed min-max)")
-    axes[0, 0].axhline(TARGET, color="k", ls="--", lw=0.8, label="controller's target")
-    axes[0, 0].legend(fontsize=6)
-    save_figure(fig, result, out_dir, "smollm2_curves.png")
-
-    fig, axes = new_figure(1, 3, panel_width=4.6, panel_height=3.8)
-    labels = ["start", *runs]
-    for ax, metric in zip(axes[0], ("avg@k", "pass@k", "greedy"), strict=True):
-        start = [r["start"][metric] for r in runs["GRPO"]]
-        values = [start, *([r["final"][metric] for r in rs] for rs in runs.values())]
-        means = [np.mean(v) for v in values]
-        ax.bar(np.arange(len(labels)), means, color=["0.6", *colors.values()])
-        for i, v in enumerate(values):
-            ax.plot([i] * len(v), v, "k.", ms=4)
-        ax.set_xticks(np.arange(len(labels)), labels, rotation=60, ha="right", fontsize=6)
-        name = metric.replace("k", str(k)) if metric != "greedy" else "greedy accuracy"
-        ax.set(title=f"held-out {name} (bars: mean, dots: seeds)")
-    save_figure(fig, result, out_dir, "smollm2_held_out.png")
-
-    ncols = (len(labels) + 1) // 2
-    fig, axes = new_figure(2, ncols, panel_width=2.6, panel_height=2.4)
-    for ax, label in zip(axes.ravel(), labels, strict=False):
-        rs = runs["GRPO"] if label == "start" else runs[label]
-        hist = np.array(
-            [r["start" if label == "start" else "final"]["pass_rate_hist"] for r in rs]
-        ).sum(0)
-        ax.bar(
-            np.arange(len(hist)) / k,
-            hist / hist.sum(),
-            width=0.8 / k,
-            color="0.6" if label == "start" else colors[label],
-        )
-        ax.set(title=label, xlabel="pass rate", ylim=(0, 1))
-        ax.title.set_fontsize(7)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("fraction of problems")
-    for ax in axes.ravel()[len(labels) :]:
-        ax.axis("off")
-    save_figure(fig, result, out_dir, "smollm2_pass_rate_hist.png")
