@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from _batches import token_batch
 from entropy_dynamics import advantages as adv
 from entropy_dynamics import theory
 from entropy_dynamics.aggregation import aggregate
-from entropy_dynamics.methods import TokenBatch, build, ce_gppo_loss, kl_estimate, ppo_loss
+from entropy_dynamics.methods import build, ce_gppo_loss, kl_estimate, ppo_loss
 
 
 def _tokens(seed, B=4, T=6, spread=1.0):
@@ -189,9 +190,7 @@ def _batch(seed):
     A = torch.randn(B, 1, generator=g).expand(B, T).contiguous()
     H = torch.rand(B, T, generator=g) * 2
     S = logp.exp() * (H + logp)
-    return TokenBatch(
-        mask=mask, advantages=A, logprobs=logp, old_logprobs=old, entropy=H, discriminator=S
-    )
+    return token_batch(mask, A, logp, old_logprobs=old, entropy=H, discriminator=S)
 
 
 def test_top_entropy_denominators_trl_and_80_20():

@@ -10,25 +10,14 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
+from _batches import token_batch
 from entropy_dynamics import experiments, methods
 from entropy_dynamics.experiments import corollary, sign_test, smollm2
-from entropy_dynamics.methods import TokenBatch
 
 
 def _batch(advantages, discriminator, mask):
-    adv = torch.tensor(advantages, dtype=torch.float32)
-    zeros = torch.zeros_like(adv)
-    return TokenBatch(
-        mask=torch.tensor(mask),
-        advantages=adv,
-        logprobs=zeros,
-        old_logprobs=zeros,
-        entropy=zeros,
-        discriminator=torch.tensor(discriminator),
-        baseline=zeros,
-    )
+    return token_batch(mask, advantages, discriminator=discriminator, baseline=0.0)
 
 
 def test_sign_condition_filter_keeps_one_quadrant():

@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from _batches import token_batch
 from entropy_dynamics import theory
 from entropy_dynamics.lens import QUADRANTS, entropy_lens, token_contributions
 from entropy_dynamics.methods import TokenBatch, clip_b_mask, names
@@ -21,15 +22,9 @@ def _batch_from_logits(seed=0, B=6, T=10, V=20):
     mask = torch.rand(B, T, generator=g) < 0.8
     adv = torch.randn(B, 1, generator=g, dtype=torch.float64).expand(B, T).contiguous()
     logp = stats.logprobs.detach()
-    batch = TokenBatch(
-        mask=mask,
-        advantages=adv,
-        logprobs=logp,
-        old_logprobs=logp + 0.2 * torch.randn(B, T, generator=g, dtype=torch.float64),
-        entropy=stats.entropy.detach(),
-        discriminator=stats.discriminator,
-        baseline=stats.baseline,
-    )
+    old = logp + 0.2 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    batch = token_batch(mask, adv, logp, old_logprobs=old, entropy=stats.entropy.detach(),
+                        discriminator=stats.discriminator, baseline=stats.baseline)  # fmt: skip
     return batch, logits, labels
 
 
@@ -49,16 +44,7 @@ def test_hand_computed_quadrants():
     S = torch.tensor([[0.3, 0.1, 0.3, 0.1]])
     N = torch.tensor([[0.1, 0.3, 0.1, 0.3]])
     A = torch.tensor([[1.0, 1.0, -2.0, -2.0]])
-    zeros = torch.zeros(1, 4)
-    batch = TokenBatch(
-        mask=torch.ones(1, 4, dtype=torch.bool),
-        advantages=A,
-        logprobs=zeros,
-        old_logprobs=zeros,
-        entropy=zeros,
-        discriminator=S,
-        baseline=N,
-    )
+    batch = token_batch([[True] * 4], A, discriminator=S, baseline=N)
     lens = entropy_lens(batch, lr=1.0, methods=["grpo"])
     # -1 (0.2) = -0.2 (lowers); -1 (-0.2) = 0.2 (raises); 2 (0.2) = 0.4; 2 (-0.2) = -0.4.
     want = [-0.2, 0.2, 0.4, -0.4]
@@ -150,13 +136,9 @@ def test_lens_counts_archer_clips_with_each_tokens_own_range():
     entropy = torch.arange(B * T, dtype=torch.float64).reshape(B, T) / 10  # distinct per row
     mask = torch.ones(B, T, dtype=torch.bool)
     logp = torch.full((B, T), -1.0, dtype=torch.float64)
-    batch = TokenBatch(
-        mask=mask, advantages=torch.ones(B, T, dtype=torch.float64), logprobs=logp,
-        old_logprobs=logp - torch.log(torch.tensor(1.3, dtype=torch.float64)), entropy=entropy,
-        discriminator=torch.zeros(B, T, dtype=torch.float64),
-        baseline=torch.zeros(B, T, dtype=torch.float64),
-        ref_logprobs=logp,
-    )  # fmt: skip
+    old = logp - torch.log(torch.tensor(1.3, dtype=torch.float64))
+    batch = token_batch(mask, 1.0, logp, old_logprobs=old, entropy=entropy, baseline=0.0,
+                        ref_logprobs=logp)  # fmt: skip
     method = build("archer")
     plan = method.plan(batch)
     high = plan.selected["archer_ppo"]

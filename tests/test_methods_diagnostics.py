@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _batches import token_batch
 from entropy_dynamics import diagnostics as dg
 from entropy_dynamics.lens import predicted_entropy_change
-from entropy_dynamics.methods import TokenBatch
 
 
 def test_drop_fractions_hand_computed():
@@ -44,16 +44,7 @@ def test_predicted_entropy_change():
     S = torch.tensor([[0.3, 0.4, 5.0]])
     N = torch.tensor([[0.2, 0.2, 0.0]])
     A = torch.tensor([[2.0, -1.0, 3.0]])
-    zeros = torch.zeros(1, 3)
-    batch = TokenBatch(
-        mask=torch.tensor([[True, True, False]]),
-        advantages=A,
-        logprobs=zeros,
-        old_logprobs=zeros,
-        entropy=zeros,
-        discriminator=S,
-        baseline=N,
-    )
+    batch = token_batch([[True, True, False]], A, discriminator=S, baseline=N)
     out = predicted_entropy_change(batch, lr=0.5)
     assert out[dg.PRED_DELTA].item() == pytest.approx(0.0, abs=1e-7)
     out = predicted_entropy_change(batch, lr=0.5, ratio=torch.tensor([[1.0, 3.0, 1.0]]))

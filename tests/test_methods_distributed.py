@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _batches import token_batch
 from _dist_util import run_in_processes
 from entropy_dynamics import diagnostics as dg
 from entropy_dynamics.methods import TokenBatch, build
@@ -41,15 +42,9 @@ def _batch() -> TokenBatch:
     baseline[1, :4] = baseline[5, :4] = discriminator[1, :4] + 1.0
     discriminator[5, :4] = discriminator[1, :4]
     entropy[0, 2] = entropy[6, 2] = 1.5
-    return TokenBatch(
-        mask=mask,
-        advantages=advantages,
-        logprobs=logprobs,
-        old_logprobs=logprobs + 0.2 * torch.randn(B, T, generator=g),
-        entropy=entropy,
-        discriminator=discriminator,
-        baseline=baseline,
-    )
+    old_logprobs = logprobs + 0.2 * torch.randn(B, T, generator=g)
+    return token_batch(mask, advantages, logprobs, old_logprobs=old_logprobs, entropy=entropy,
+                       discriminator=discriminator, baseline=baseline)  # fmt: skip
 
 
 def _plans(batch: TokenBatch):

@@ -10,6 +10,7 @@ import statistics
 import pytest
 import torch
 
+from _batches import token_batch
 from entropy_dynamics import advantages as adv
 from entropy_dynamics import diagnostics as dg
 from entropy_dynamics.aggregation import aggregate
@@ -24,11 +25,8 @@ def _batch(seed: int, scale: float, B: int = 6, T: int = 5) -> TokenBatch:
     mask[-1] = False  # a row without a valid token: not counted by Eq. 11
     adv_rows = torch.tensor([1.2, -0.5, 0.0, 0.7, -1.1, 0.3], dtype=torch.float64)[:B]
     logprobs = -2 * torch.rand(B, T, generator=g, dtype=torch.float64)
-    return TokenBatch(
-        mask=mask, advantages=adv_rows[:, None].expand(B, T).clone(), logprobs=logprobs,
-        old_logprobs=logprobs.clone(), entropy=scale * torch.rand(B, T, generator=g,
-        dtype=torch.float64), discriminator=torch.zeros(B, T, dtype=torch.float64),
-    )  # fmt: skip
+    entropy = scale * torch.rand(B, T, generator=g, dtype=torch.float64)
+    return token_batch(mask, adv_rows, logprobs, entropy=entropy)
 
 
 def _eq11(batch: TokenBatch) -> float:

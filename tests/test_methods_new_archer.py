@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
+from _batches import token_batch
 from entropy_dynamics import diagnostics as dg
 from entropy_dynamics import lens
 from entropy_dynamics.aggregation import aggregate
-from entropy_dynamics.methods import TokenBatch, build
+from entropy_dynamics.methods import build
 from entropy_dynamics.methods.archer import response_entropy_split
 
 
@@ -57,9 +58,8 @@ def test_archer_matches_the_authors_loss(spec, high_kl):
     seen_high = seen_low = False
     for seed in range(3):
         mask, logprobs, old, ref, adv, entropy = _batch(seed)
-        batch = TokenBatch(mask=mask, advantages=adv, logprobs=logprobs, old_logprobs=old,
-                           entropy=entropy, discriminator=torch.zeros_like(entropy),
-                           ref_logprobs=ref)  # fmt: skip
+        batch = token_batch(mask, adv, logprobs, old_logprobs=old, entropy=entropy,
+                            ref_logprobs=ref)  # fmt: skip
         plan = method.plan(batch)
         lp = logprobs.clone().requires_grad_(True)
         loss, sums = method.token_loss(logprobs=lp, old_logprobs=old, advantages=adv, plan=plan,
@@ -102,8 +102,7 @@ def test_split_is_the_per_response_linear_quantile():
 
 def test_archer_needs_its_split_and_the_reference():
     mask, logprobs, old, ref, adv, entropy = _batch(0)
-    batch = TokenBatch(mask=mask, advantages=adv, logprobs=logprobs, old_logprobs=old,
-                       entropy=entropy, discriminator=torch.zeros_like(entropy))  # fmt: skip
+    batch = token_batch(mask, adv, logprobs, old_logprobs=old, entropy=entropy)
     with pytest.raises(ValueError, match="selected"):
         build("archer").surrogate.loss(logprobs, old, adv)
     plan = build("archer").plan(batch)

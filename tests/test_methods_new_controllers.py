@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
+from _batches import token_batch
 from entropy_dynamics import diagnostics as dg
 from entropy_dynamics import theory
 from entropy_dynamics.aggregation import aggregate
-from entropy_dynamics.methods import TokenBatch, build
+from entropy_dynamics.methods import build
 
 
 def _batch(seed: int, B: int = 4, T: int = 6):
@@ -59,8 +60,7 @@ def test_entropic_matches_the_authors_loss_and_pi_rule_over_steps():
         alpha = max(min(1.0 * error + 0.01 * integral, 1.0), -1.0)
         integral += error
 
-        batch = TokenBatch(mask=mask, advantages=adv, logprobs=logprobs, old_logprobs=old,
-                           entropy=entropy, discriminator=torch.zeros_like(entropy))  # fmt: skip
+        batch = token_batch(mask, adv, logprobs, old_logprobs=old, entropy=entropy)
         plan = method.plan(batch)
         assert plan.metrics[dg.ENTROPIC_ALPHA].item() == pytest.approx(alpha, abs=1e-6)
         ours_lp = logprobs.clone().requires_grad_(True)
@@ -81,8 +81,7 @@ def test_entropic_matches_the_authors_loss_and_pi_rule_over_steps():
 
 def test_entropic_kept_denominator_and_alpha_bounds():
     mask, logprobs, old, adv, entropy = _batch(7)
-    batch = TokenBatch(mask=mask, advantages=adv, logprobs=logprobs, old_logprobs=old,
-                       entropy=entropy, discriminator=torch.zeros_like(entropy))  # fmt: skip
+    batch = token_batch(mask, adv, logprobs, old_logprobs=old, entropy=entropy)
     high, kept = (build(f"pg + entropic(kp=0.5, denominator='{d}')") for d in ("high", "kept"))
     terms = []
     for method in (high, kept):
@@ -137,8 +136,7 @@ def test_aent_coefficient_rule_as_the_authors_actor():
 
 def test_aent_term_is_minus_coef_times_clamped_entropy():
     mask, logprobs, old, adv, entropy = _batch(5)
-    batch = TokenBatch(mask=mask, advantages=adv, logprobs=logprobs, old_logprobs=old,
-                       entropy=entropy, discriminator=torch.zeros_like(entropy))  # fmt: skip
+    batch = token_batch(mask, adv, logprobs, old_logprobs=old, entropy=entropy)
     clamped = torch.rand(mask.shape, dtype=torch.float64)
     for spec, coef in (("pg + aent", 2e-4), ("pg + clamped_entropy_bonus(coef=0.01)", 0.01)):
         method = build(spec)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _batches import token_batch
 from entropy_dynamics import methods
 from entropy_dynamics.aggregation import aggregate
-from entropy_dynamics.methods import TokenBatch, build
+from entropy_dynamics.methods import build
 
 
 def _batch(seed: int, B: int = 4, T: int = 7):
@@ -23,8 +24,7 @@ def _batch(seed: int, B: int = 4, T: int = 7):
 
 
 def _tokens(method, mask, logprobs, old, adv, entropy):
-    batch = TokenBatch(mask=mask, advantages=adv, logprobs=logprobs, old_logprobs=old,
-                       entropy=entropy, discriminator=torch.zeros_like(entropy))  # fmt: skip
+    batch = token_batch(mask, adv, logprobs, old_logprobs=old, entropy=entropy)
     plan = method.plan(batch)
     lp = logprobs.clone().requires_grad_(True)
     loss, _ = method.token_loss(logprobs=lp, old_logprobs=old, advantages=adv, plan=plan)
@@ -110,8 +110,7 @@ def test_every_surrogate_is_positively_homogeneous_in_the_advantage(surrogate):
 
 def test_entropy_advantage_weight_bounds_and_refusals():
     mask, logprobs, old, adv, entropy = _batch(1)
-    batch = TokenBatch(mask=mask, advantages=adv, logprobs=logprobs, old_logprobs=old,
-                       entropy=entropy, discriminator=torch.zeros_like(entropy))  # fmt: skip
+    batch = token_batch(mask, adv, logprobs, old_logprobs=old, entropy=entropy)
     part = methods.get_part("entropy_advantage")(alpha=1.0, kappa=4.0)
     w = part.weight(batch)
     assert w.dtype == torch.float64

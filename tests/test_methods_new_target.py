@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _batches import token_batch
 from entropy_dynamics import diagnostics as dg
 from entropy_dynamics import methods
 from entropy_dynamics.methods import PlanContext, TokenBatch
@@ -25,8 +26,8 @@ def _batch(seed: int, b: int = 6, t: int = 7) -> TokenBatch:
     entropy = torch.rand(b, t, generator=g, dtype=torch.float64) * 2
     s = torch.randn(b, t, generator=g, dtype=torch.float64) * 0.5
     n = torch.randn(b, t, generator=g, dtype=torch.float64) * 0.1
-    return TokenBatch(mask=mask, advantages=adv, logprobs=logp, old_logprobs=old,
-                      entropy=entropy, discriminator=s, baseline=n)  # fmt: skip
+    return token_batch(mask, adv, logp, old_logprobs=old, entropy=entropy, discriminator=s,
+                       baseline=n)  # fmt: skip
 
 
 def _reference(batch: TokenBatch, *, base, target, lr, gain, ki, integral, max_drop, mus):
@@ -94,12 +95,7 @@ def test_hand_case():
     # mu = 1: d_3 = -3 < -1.732 drops the last token: dH = 3 / 4 = 0.75, share 0.25.
     # H = 1 everywhere, target 2: e = -1, desired = 0.5 * 1 = 0.5: mu = 1 (|0.75 - 0.5| < 0.5).
     s = torch.tensor([[1.0, 1.0, 1.0, -3.0]], dtype=torch.float64)
-    batch = TokenBatch(mask=torch.ones(1, 4, dtype=torch.bool),
-                       advantages=-torch.ones(1, 4, dtype=torch.float64),
-                       logprobs=torch.zeros(1, 4, dtype=torch.float64),
-                       old_logprobs=torch.zeros(1, 4, dtype=torch.float64),
-                       entropy=torch.ones(1, 4, dtype=torch.float64), discriminator=s,
-                       baseline=torch.zeros(1, 4, dtype=torch.float64))  # fmt: skip
+    batch = token_batch([[True] * 4], -1.0, entropy=1.0, discriminator=s, baseline=0.0)
     part = methods.get_part("target_entropy")(target=2.0, lr=1.0, gain=0.5, mus=(1.0,),
                                               max_drop=0.25)  # fmt: skip
     state = part.init_state()

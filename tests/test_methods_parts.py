@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from _batches import token_batch
 from entropy_dynamics import diagnostics as dg
 from entropy_dynamics.methods import (
-    TokenBatch,
     build,
     centred_covariance,
     clip_cov_mask,
@@ -27,16 +27,8 @@ NONE4 = torch.zeros(1, 4, dtype=torch.bool)
 
 
 def _batch(mask, advantages, logprobs, *, old_logprobs=None, entropy=None):
-    zeros = torch.zeros_like(logprobs)
-    return TokenBatch(
-        mask=mask,
-        advantages=advantages,
-        logprobs=logprobs,
-        old_logprobs=logprobs if old_logprobs is None else old_logprobs,
-        entropy=zeros if entropy is None else entropy,
-        discriminator=zeros,
-        baseline=zeros,
-    )
+    return token_batch(mask, advantages, logprobs, old_logprobs=old_logprobs, entropy=entropy,
+                       baseline=0.0)  # fmt: skip
 
 
 def test_centred_covariance():

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _batches import token_batch
 from entropy_dynamics import diagnostics as dg
 from entropy_dynamics.aggregation import MODES, aggregate
 from entropy_dynamics.methods import TokenBatch, build, clip_b_mask, clip_v_mask, names
@@ -27,16 +28,9 @@ def random_batch(B=8, T=12, *, seed=0, dtype=torch.float32, valid=0.8):
     p = logprobs.exp()
     discriminator = p * (entropy + logprobs)
     baseline = discriminator + 0.05 * torch.randn(B, T, generator=g).to(dtype) ** 3
-    return TokenBatch(
-        mask=mask,
-        advantages=advantages,
-        logprobs=logprobs,
-        old_logprobs=old,
-        entropy=entropy,
-        discriminator=discriminator,
-        baseline=baseline,
-        ref_logprobs=logprobs - 0.1,
-    )
+    return token_batch(mask, advantages, logprobs, old_logprobs=old, entropy=entropy,
+                       discriminator=discriminator, baseline=baseline,
+                       ref_logprobs=logprobs - 0.1)  # fmt: skip
 
 
 def test_plan_keep_is_mask_and_every_filter():
@@ -277,14 +271,10 @@ def test_plan_without_advancing_state_decides_alike_and_keeps_the_state():
     g = torch.Generator().manual_seed(3)
     B, T = 6, 8
     logprobs = -torch.rand(B, T, generator=g) * 3
-    batch = TokenBatch(
-        mask=torch.rand(B, T, generator=g) > 0.2,
-        advantages=torch.randn(B, 1, generator=g).expand(B, T).contiguous(),
-        logprobs=logprobs,
-        old_logprobs=logprobs,
-        entropy=torch.rand(B, T, generator=g),
-        discriminator=torch.randn(B, T, generator=g),
-    )
+    mask = torch.rand(B, T, generator=g) > 0.2
+    advantages = torch.randn(B, generator=g)  # one per row
+    entropy, discriminator = torch.rand(B, T, generator=g), torch.randn(B, T, generator=g)
+    batch = token_batch(mask, advantages, logprobs, entropy=entropy, discriminator=discriminator)
     method = build("ppo(eps_low=1.0, eps_high=1.0) + clip_cov(ratio=0.5, lb=-1e9, ub=1e9)")
     start = method.state_dict()["clip_cov"]["generator"].clone()
     looked = method.plan(batch, advance_state=False)

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from _batches import token_batch
 from entropy_dynamics import methods
 from entropy_dynamics.methods import TokenBatch, clip_b_mask, clip_v_mask
 from entropy_dynamics.methods.thresholds import (
@@ -24,11 +25,11 @@ def _batch(seed: int = 0, B: int = 8, T: int = 6, advantages=None) -> TokenBatch
     mask = torch.rand(B, T, generator=g) > 0.2
     logprobs = -torch.rand(B, T, generator=g) * 3
     adv = torch.randn(B, 1, generator=g).expand(B, T) if advantages is None else advantages
-    return TokenBatch(
-        mask=mask, advantages=adv.contiguous(), logprobs=logprobs, old_logprobs=logprobs,
-        entropy=torch.rand(B, T, generator=g), discriminator=torch.randn(B, T, generator=g) * 0.1,
-        baseline=torch.randn(B, T, generator=g) * 0.1,
-    )  # fmt: skip
+    entropy = torch.rand(B, T, generator=g)
+    discriminator = torch.randn(B, T, generator=g) * 0.1
+    baseline = torch.randn(B, T, generator=g) * 0.1
+    return token_batch(mask, adv.contiguous(), logprobs, entropy=entropy,
+                       discriminator=discriminator, baseline=baseline)  # fmt: skip
 
 
 def test_share_threshold_by_hand():
