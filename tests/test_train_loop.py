@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from _train_fixtures import DigitTask, tiny_config
-from entropy_dynamics.train import loop
+from entropy_dynamics.train import loop, step
 from entropy_dynamics.train.checkpoint import latest_checkpoint
 from entropy_dynamics.train.logging import read_jsonl
 
@@ -78,7 +78,7 @@ def test_non_finite_loss_skips_steps_then_stops(tmp_path, monkeypatch, capsys):
     def nan_loss(cfg, method, plan, batch, rows, stats):
         return stats.logprobs.sum() * float("nan"), {}
 
-    monkeypatch.setattr(loop, "micro_batch_loss", nan_loss)
+    monkeypatch.setattr(step, "micro_batch_loss", nan_loss)
     cfg = tiny_config(tmp_path, "steps=10", "optim.max_nonfinite=3", "task.n_eval=0")
     before = torch.nn.utils.parameters_to_vector(loop.build_policy(cfg)[0].parameters())
     with pytest.raises(loop.NonFiniteLossError, match="max_nonfinite=3"):
