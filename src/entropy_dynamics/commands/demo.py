@@ -30,7 +30,7 @@ from pathlib import Path
 from entropy_dynamics.commands.demo_figure import draw_demo
 from entropy_dynamics.experiments.common import bootstrap_difference, per_problem, seed_interval
 from entropy_dynamics.train.config import load_config
-from entropy_dynamics.train.logging import read_jsonl
+from entropy_dynamics.train.logging import eval_headline, read_jsonl
 
 FINAL_WINDOW = 10
 # The paper's defaults (clip_b mu=2.5; clip_v mu=8.5, max_frac=1e-4) drop no token at the demo's
@@ -57,15 +57,6 @@ def _parse_methods(methods) -> list[tuple[str, str]]:
     return pairs
 
 
-def _held_out(evaluation: dict) -> dict:
-    k = str(evaluation["k"])
-    return {
-        "avg@k": float(evaluation["avg@k"][k]),
-        "pass@k": float(evaluation["pass@k"][k]),
-        "greedy": float(evaluation["greedy_acc"]),
-    }
-
-
 def final_summary(run_dir: Path, *, window: int = FINAL_WINDOW) -> dict:
     """The run's "final" block of summary.json, read from its metrics.jsonl and eval.jsonl."""
     from entropy_dynamics import diagnostics as dg
@@ -78,7 +69,7 @@ def final_summary(run_dir: Path, *, window: int = FINAL_WINDOW) -> dict:
     return {
         "entropy": sum(r[dg.ENTROPY_MEAN] for r in tail) / len(tail),
         "reward": sum(r[dg.REWARD_MEAN] for r in tail) / len(tail),
-        **_held_out(evals[-1]),
+        **eval_headline(evals[-1]),
         "k": int(evals[-1]["k"]),
     }
 
@@ -111,7 +102,7 @@ def compare_to_start(run_dirs: list[Path]) -> dict:
             raise ValueError(f"run {run_dir}: no evaluation at step 0; set logging.eval_every > 0")
         firsts.append(evals[0])
         lasts.append(evals[-1])
-    mean = lambda rows, m: sum(_held_out(r)[m] for r in rows) / len(rows)  # noqa: E731
+    mean = lambda rows, m: sum(eval_headline(r)[m] for r in rows) / len(rows)  # noqa: E731
     return {
         "start": {m: mean(firsts, m) for m in HELD_OUT},
         "final": {m: mean(lasts, m) for m in HELD_OUT},
@@ -122,7 +113,10 @@ def compare_to_start(run_dirs: list[Path]) -> dict:
             for m in HELD_OUT
         },
         "per_seed_change": {
-            m: [_held_out(b)[m] - _held_out(a)[m] for a, b in zip(firsts, lasts, strict=True)]
+            m: [
+                eval_headline(b)[m] - eval_headline(a)[m]
+                for a, b in zip(firsts, lasts, strict=True)
+            ]
             for m in HELD_OUT
         },
     }
@@ -186,7 +180,7 @@ def run_demo(
     write_report(run_dirs, out_dir, title="entropy-dynamics demo: GRPO vs Clip_B vs Clip_V")
 
     for run, run_dir in zip(runs, run_dirs, strict=True):
-        run["start"] = _held_out(read_jsonl(run_dir / "eval.jsonl")[0])
+        run["start"] = eval_headline(read_jsonl(run_dir / "eval.jsonl")[0])
         run["final"] = final_summary(run_dir)
     names = list(groups)
     summary = {

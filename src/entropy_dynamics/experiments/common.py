@@ -34,6 +34,7 @@ __all__ = [
     "ExperimentResult",
     "Timer",
     "bootstrap_difference",
+    "check_entropy_above",
     "correlations",
     "fit_loglog_slope",
     "jsonable",
@@ -264,6 +265,28 @@ def seed_interval(values: Sequence[float]) -> dict[str, Any]:
         return {"mean": mean, "lo": None, "hi": None, "n": len(x)}
     half = _T975.get(len(x) - 1, 1.96) * float(x.std(ddof=1)) / math.sqrt(len(x))
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": len(x)}
+
+
+def check_entropy_above(
+    result: ExperimentResult,
+    label: str,
+    runs: Sequence[dict],
+    baseline: Sequence[dict],
+    baseline_label: str = "GRPO",
+    key: str = "final_entropy",
+) -> bool:
+    """Claim "``label`` keeps entropy higher than ``baseline_label``": holds when the Student-t
+    interval over seeds of the paired per-seed gap ``run[key] - baseline_run[key]`` has
+    ``lo > 0`` (runs paired by seed, in the same order). Records it and returns whether it holds."""
+    gap = seed_interval([r[key] - b[key] for r, b in zip(runs, baseline, strict=True)])
+    return result.check(
+        f"{label} keeps entropy higher than {baseline_label} (95 % interval of the per-seed "
+        "gap > 0)",
+        gap["lo"] is not None and gap["lo"] > 0,
+        {f"{label} - {baseline_label} final entropy": gap},
+        "lo > 0",
+        "Student-t interval over seeds of the paired difference",
+    )
 
 
 def per_problem(hist: Sequence[int], metric: str) -> np.ndarray:

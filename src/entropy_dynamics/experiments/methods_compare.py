@@ -20,6 +20,7 @@ from ._setup import train_run
 from .common import (
     ExperimentResult,
     bootstrap_difference,
+    check_entropy_above,
     markdown_table,
     per_problem,
     save_figure,
@@ -171,16 +172,7 @@ def _claims(result, runs, k) -> None:
     )
     for label in ("Clip_B", "Clip_V"):
         mine = runs[label]
-        gap = seed_interval(
-            [m["final_entropy"] - g["final_entropy"] for m, g in zip(mine, grpo, strict=True)]
-        )
-        result.check(
-            f"{label} keeps entropy higher than GRPO (95 % interval of the per-seed gap > 0)",
-            gap["lo"] is not None and gap["lo"] > 0,
-            {f"{label} - GRPO final entropy": gap},
-            "lo > 0",
-            "Student-t interval over seeds of the paired difference",
-        )
+        check_entropy_above(result, label, mine, grpo)
         for metric in (f"avg@{k}", f"pass@{k}"):
             kind = metric.split("@")[0]
             diff = bootstrap_difference(

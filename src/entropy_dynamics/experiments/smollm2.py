@@ -31,10 +31,11 @@ import numpy as np
 
 from .. import metric_names as mn
 from ..train.config import load_config
-from ..train.logging import read_jsonl
+from ..train.logging import eval_headline, read_jsonl
 from .common import (
     ExperimentResult,
     bootstrap_difference,
+    check_entropy_above,
     jsonable,
     markdown_table,
     per_problem,
@@ -110,13 +111,7 @@ def _config(run_dir: Path, size: dict, *, seed: int, spec: str, probe: int):
 
 
 def _held_out(evaluation: dict) -> dict:
-    k = str(evaluation["k"])
-    return {
-        "avg@k": float(evaluation["avg@k"][k]),
-        "pass@k": float(evaluation["pass@k"][k]),
-        "greedy": float(evaluation["greedy_acc"]),
-        "pass_rate_hist": list(evaluation["pass_rate_hist"]),
-    }
+    return {**eval_headline(evaluation), "pass_rate_hist": list(evaluation["pass_rate_hist"])}
 
 
 def _run(run_dir: Path, size: dict, *, seed: int, spec: str, probe: int) -> dict:
@@ -319,16 +314,7 @@ def _claims(result: ExperimentResult, runs: dict, changes: dict, k: int) -> None
     for label, rs in runs.items():
         if label == "GRPO":
             continue
-        gap = seed_interval(
-            [r["final_entropy"] - g["final_entropy"] for r, g in zip(rs, grpo, strict=True)]
-        )
-        result.check(
-            f"{label} keeps entropy higher than GRPO (95 % interval of the per-seed gap > 0)",
-            gap["lo"] is not None and gap["lo"] > 0,
-            {f"{label} - GRPO final entropy": gap},
-            "lo > 0",
-            "Student-t interval over seeds of the paired difference",
-        )
+        check_entropy_above(result, label, rs, grpo)
         diff = _change([g["final"] for g in grpo], [r["final"] for r in rs], "pass")
         result.check(
             f"{label} beats GRPO on held-out pass@{k} (95 % interval of the difference > 0)",

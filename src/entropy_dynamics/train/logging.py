@@ -113,6 +113,16 @@ def eval_key(record: dict) -> tuple:
     return step, record.get("k"), record.get("checkpoint") or f"step-{step}"
 
 
+def eval_headline(record: dict) -> dict:
+    """An eval.jsonl record's headline numbers at its own k: ``{"avg@k", "pass@k", "greedy"}``."""
+    k = str(record["k"])
+    return {
+        "avg@k": float(record["avg@k"][k]),
+        "pass@k": float(record["pass@k"][k]),
+        "greedy": float(record["greedy_acc"]),
+    }
+
+
 def put_eval_record(path: str | Path, record: dict) -> None:
     """Write `record` into eval.jsonl, replacing any record with the same `eval_key`.
 
