@@ -1,13 +1,15 @@
 """One GRPO step on SmolLM2-135M-Instruct: our loop against TRL's GRPOTrainer, time and peak memory.
 
     .venv/bin/python benchmarks/bench_smollm2_step.py [--steps 1] [--lengths 16 64] [--threads 2]
-        [--loops ours ours-fused trl]
+        [--loops ours ours-half ours-fused trl]
 
 Same model (the packaged SmolLM2-135M-Instruct, fp32), same prompts (the task of
 configs/smollm2.yaml, through the tokenizer's chat template on both sides), same batch (8 prompts
 x 8 completions), same completion limit (each of --lengths; EOS ends a completion early), same
 temperature (1.0), CPU, no KL (beta = 0). Loops:
 - `ours`: configs/smollm2.yaml as it is (micro-batches of one prompt group);
+- `ours-half`: the same with micro-batches of half a group (method.micro_batch_size=4; the four
+  rows still share one prompt pass), for less activation memory;
 - `ours-fused`: the same with method.micro_batch_size=0 (one forward for statistics and loss);
 - `trl`: GRPOTrainer with TRL's defaults otherwise (gradient checkpointing on, loss "dapo"),
   per_device_train_batch_size 64, so one optimiser step = one generation of 64 completions.
@@ -37,25 +39,25 @@ CONFIG = ROOT / "configs" / "smollm2.yaml"
 PROMPTS, GROUP = 8, 8
 
 
-def _config(length: int, threads: int, run_dir: str, fused: bool):
+def _config(length: int, threads: int, run_dir: str, micro: int | None):
     from entropy_dynamics.train.config import load_config
 
     overrides = [f"rollout.max_new_tokens={length}", "logging.probe_every=0",
                  "logging.eval_every=0", "logging.samples_every=0", "logging.progress=false",
                  "logging.tensorboard=false", f"threads={threads}", f"logging.run_dir={run_dir}",
                  f"rollout.prompts_per_step={PROMPTS}", f"rollout.group_size={GROUP}"]  # fmt: skip
-    if fused:
-        overrides.append("method.micro_batch_size=0")
+    if micro is not None:  # else the config's own (one prompt group)
+        overrides.append(f"method.micro_batch_size={micro}")
     return load_config(CONFIG, overrides)
 
 
-def run_ours(length: int, steps: int, threads: int, *, fused: bool) -> dict:
+def run_ours(length: int, steps: int, threads: int, *, micro: int | None) -> dict:
     """Per-step wall / CPU seconds and completion lengths of our loop (after one warm-up step)."""
     from entropy_dynamics.train.loop import train_step
     from entropy_dynamics.train.setup import build_run, problem_order
 
     with tempfile.TemporaryDirectory() as run_dir:
-        run = build_run(_config(length, threads, run_dir, fused))
+        run = build_run(_config(length, threads, run_dir, micro))
         rows = []
         for _ in range(1 + steps):
             order = problem_order(len(run.train_problems), run.cfg, run.step)
@@ -78,7 +80,7 @@ def run_trl(length: int, steps: int, threads: int) -> dict:
     from entropy_dynamics.train.setup import get_task
 
     torch.set_num_threads(threads)
-    cfg = _config(length, threads, "unused", fused=False)
+    cfg = _config(length, threads, "unused", None)
     task = get_task(cfg)
     problems = task.problems("train", PROMPTS * (1 + steps), seed=cfg.seed)
     answers = {task.format_prompt(p): p for p in problems}
@@ -110,8 +112,9 @@ def run_trl(length: int, steps: int, threads: int) -> dict:
 
 
 LOOPS = {
-    "ours": lambda n, s, t: run_ours(n, s, t, fused=False),
-    "ours-fused": lambda n, s, t: run_ours(n, s, t, fused=True),
+    "ours": lambda n, s, t: run_ours(n, s, t, micro=None),
+    "ours-half": lambda n, s, t: run_ours(n, s, t, micro=GROUP // 2),
+    "ours-fused": lambda n, s, t: run_ours(n, s, t, micro=0),
     "trl": run_trl,
 }
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from _train_fixtures import DigitTask, tiny_config
-from entropy_dynamics.train import loop, step
+from entropy_dynamics.train import loop, rollout, step
 from entropy_dynamics.train.checkpoint import latest_checkpoint
 from entropy_dynamics.train.logging import read_jsonl
 
@@ -60,18 +60,32 @@ def test_interrupt_then_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     assert any(r["loss/total"] != 0 for r in expected)  # the comparison covers real updates
 
 
-def test_micro_batches_give_the_same_update_as_one_batch(tmp_path):
-    runs = {}
-    for micro in (0, 4):  # 0 = whole batch (one fused forward); 4 = four micro-batches
+def test_micro_batches_give_the_same_update_as_one_batch(tmp_path, monkeypatch):
+    runs, shared = {}, {}
+    real_shared = rollout.shared_prompt_hidden
+
+    def recording(model, input_ids, attention_mask, response_len, group_size):
+        shared[micro].add(group_size)
+        return real_shared(model, input_ids, attention_mask, response_len, group_size)
+
+    monkeypatch.setattr(rollout, "shared_prompt_hidden", recording)
+    # 0 = whole batch (one fused forward); 4 = four micro-batches of one group (G = 4);
+    # 2 = eight half-group micro-batches, whose two rows still share one prompt pass
+    for micro in (0, 4, 2):
+        shared[micro] = set()
         run_dir = tmp_path / f"micro{micro}"
         cfg = tiny_config(run_dir, "steps=2", f"method.micro_batch_size={micro}",
                           "method.spec=ppo + clip_b(mu=1.0)", "task.n_eval=0")  # fmt: skip
         loop.train(cfg, task=DigitTask())
         runs[micro] = _training_metrics(run_dir)
-    for whole, split in zip(runs[0], runs[4], strict=True):
-        for key in ("loss/total", "optim/grad_norm", "entropy/mean", "clip_b/frac_dropped",
-                    "entropy/measured_delta"):  # fmt: skip
-            assert split[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-6), key
+    # the prompt runs once per group, or per half group in the half-group micro-batches (their
+    # batch-global statistics come from a no-gradient pass over whole groups)
+    assert shared == {0: {4}, 4: {4}, 2: {4, 2}}
+    for micro in (4, 2):
+        for whole, split in zip(runs[0], runs[micro], strict=True):
+            for key in ("loss/total", "optim/grad_norm", "entropy/mean", "clip_b/frac_dropped",
+                        "entropy/measured_delta"):  # fmt: skip
+                assert split[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-6), (micro, key)
 
 
 def test_non_finite_loss_skips_steps_then_stops(tmp_path, monkeypatch, capsys):

@@ -138,8 +138,9 @@ def score(run: Run, rollout, rows, *, grad: bool, policy=None) -> Scored:
     ids, attention = rollout.input_ids[rows], rollout.attention_mask[rows]
     labels, mask = rollout.response_ids[rows], rollout.response_mask[rows]
     temperature = run.cfg.rollout.temperature
-    G = run.cfg.rollout.group_size  # whole groups share a prompt pass (shared_prompt_hidden)
-    G = G if ids.shape[0] % G == 0 and (rows.start or 0) % G == 0 else 1
+    # runs of G' rows share a prompt pass (shared_prompt_hidden): G' divides the group size, the
+    # micro-batch and its first row, so a half-group micro-batch shares its prompt too
+    G = math.gcd(run.cfg.rollout.group_size, ids.shape[0], rows.start or 0)
     with torch.set_grad_enabled(grad):
         if stats_from_hidden(run.cfg, policy):
             hidden = response_hidden(policy, ids, attention, T, group_size=G)  # (b, T, D)
