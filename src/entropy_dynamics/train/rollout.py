@@ -10,6 +10,7 @@ attention mask is left out (same result, less overhead per token).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -19,11 +20,18 @@ from torch import Tensor
 from entropy_dynamics.train.decode import llama_decoder
 
 
+@functools.cache
+def _cache_argument(model_class: type) -> str:
+    """``cache`` where the class's forward takes it (transformers 5.24 here, where
+    ``past_key_values`` is deprecated and goes in 5.40), else ``past_key_values``; once per
+    class, not once per decoding step."""
+    forward = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in forward else "past_key_values"
+
+
 def _cache_kwargs(model, cache) -> dict:
-    """The KV-cache argument of ``model``'s forward: ``cache`` where it takes one (transformers
-    5.24 here, where ``past_key_values`` is deprecated and goes in 5.40), else ``past_key_values``."""
-    forward = inspect.signature(model.forward).parameters
-    return {"cache" if "cache" in forward else "past_key_values": cache}
+    """The KV-cache keyword argument of ``model``'s forward, holding ``cache``."""
+    return {_cache_argument(type(model)): cache}
 
 
 def _returned_cache(out):
