@@ -12,6 +12,7 @@ import torch
 
 from entropy_dynamics import _token_stats_compiled as compiled
 from entropy_dynamics._token_stats_backends import COMPILED, TORCH
+from entropy_dynamics._token_stats_kernels import BLOCK_COLUMNS, combine_blocks
 from entropy_dynamics.token_stats import resolve_backend, token_stats, token_stats_from_hidden
 from test_token_stats import QWEN_VOCAB, assert_matches_reference, reference
 from test_token_stats_grad import naive_logp_entropy, weighted_loss
@@ -37,6 +38,78 @@ def test_qwen_vocabulary_accuracy_sweep(scale):
     labels[0, 0] = logits[0, 0].argmax()
     stats = token_stats(logits, labels, backend="inductor", chunk_size=3)  # chunks of 3, 3, 2
     assert_matches_reference(stats, reference(logits, labels))
+
+
+# Rows around the block edges: one last block alone (V <= BLOCK_COLUMNS), one whole block and a
+# last block of 1 column, a last block of whole size, several whole blocks and 1 column.
+EDGE_VOCABS = (
+    BLOCK_COLUMNS - 3,
+    BLOCK_COLUMNS,
+    BLOCK_COLUMNS + 1,
+    2 * BLOCK_COLUMNS,
+    3 * BLOCK_COLUMNS + 1,
+)
+
+
+@pytest.mark.parametrize("vocab", EDGE_VOCABS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_edges_values_and_gradients(vocab, dtype):
+    """Whole blocks and the last block, combined: float64 values, and the gradient of the naive
+    float32 path; chunks of 3, 3 and 1 rows (the 1-row chunk reuses the warm graphs)."""
+    gen = torch.Generator().manual_seed(vocab)
+    logits = (torch.randn(1, 7, vocab, generator=gen) * 4).to(dtype).requires_grad_()
+    labels = torch.randint(0, vocab, (1, 7), generator=gen)
+    labels[0, 1] = logits[0, 1].argmax()  # a label in the block that holds the row max
+    g_lp, g_h = torch.randn(1, 7, generator=gen), torch.randn(1, 7, generator=gen)
+    stats = token_stats(logits, labels, temperature=0.7, chunk_size=3, backend="inductor")
+    assert_matches_reference(stats, reference(logits.detach(), labels, 0.7))
+    weighted_loss(stats, g_lp, g_h).backward()
+    exact = logits.detach().float().requires_grad_()
+    weighted_loss(naive_logp_entropy(exact, labels, 0.7), g_lp, g_h).backward()
+    assert logits.grad.dtype == dtype
+    tol = dict(rtol=1e-4, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-4)
+    torch.testing.assert_close(logits.grad.float(), exact.grad, **tol)
+
+
+def test_combine_blocks_equals_whole_row_sums_in_float64():
+    """Per-block sums, each at its own block max, rescaled to the row max and added, equal the
+    sums of the whole row taken at once (written here from the definitions, not the kernels)."""
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(3, 10, generator=gen, dtype=torch.float64) * 6
+    inv_tau = 1.3
+
+    def sums(block):  # (m, s, t, u, w) of PAPER's quantities, from their definitions
+        m = block.amax(-1)
+        x = (block - m[:, None]) * inv_tau
+        e = torch.exp(x)
+        return torch.stack([m, e.sum(-1), (e * x).sum(-1), (e * e).sum(-1), (e * e * x).sum(-1)])
+
+    blocks = torch.stack([sums(z[:, :4]), sums(z[:, 4:7]), sums(z[:, 7:])], dim=2)  # [5, 3, 3]
+    torch.testing.assert_close(combine_blocks(blocks, inv_tau), sums(z), rtol=1e-12, atol=0)
+
+
+def test_no_graph_compiles_after_the_warm_up():
+    """Every chunk shape a pass can meet runs on the graphs compiled before the first pass:
+    1-row and many-row chunks, at the start of the logits and further on, contiguous rows and
+    a slice of the vocabulary, every block layout. A graph compiled later would stall a
+    training step for seconds."""
+    from torch._dynamo.utils import counters
+
+    assert compiled.FUSED.ready(torch.float32, CPU, warn=False)
+    before = counters["stats"]["unique_graphs"]
+    gen = torch.Generator().manual_seed(8)
+    for vocab in (*EDGE_VOCABS, 30_001):
+        logits = (torch.randn(2, 5, vocab + 2, generator=gen) * 3).requires_grad_()
+        labels = torch.randint(0, vocab, (2, 5), generator=gen)
+        labels[0, 2] = -100  # valid runs of 2 and 7 rows, in chunks of 1 and 3
+        for view in (logits[..., :vocab], logits[:, :, 1 : vocab + 1]):
+            for chunk_size in (1, 3, None):
+                stats = token_stats(view, labels, chunk_size=chunk_size, backend="inductor")
+                (stats.logprobs.sum() + stats.entropy.sum()).backward()
+        contiguous = logits.detach()[..., :vocab].contiguous().requires_grad_()
+        stats = token_stats(contiguous[:, :-1], labels[:, 1:], backend="inductor")
+        (stats.logprobs.sum() + stats.entropy.sum()).backward()
+    assert counters["stats"]["unique_graphs"] == before
 
 
 def test_nearly_one_hot_rows_keep_relative_precision():

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from . import _huge_pages
 from ._token_stats_backends import block_logits
 from ._token_stats_kernels import RowSums
 
@@ -89,8 +90,10 @@ class LogitsStats(torch.autograd.Function):
         if ctx.split is not None:
             grad_label = ctx.split.owned_only(grad_label)
         per_row = (labels, m, log_s, coef_x, coef_const, grad_label)
-        new = torch.empty if labels.shape[0] == valid.numel() else torch.zeros  # ignored: 0
-        grad = new(logits.shape, dtype=logits.dtype, device=logits.device)
+        grad = _huge_pages.empty(logits.shape, logits.dtype, logits.device)
+        if labels.shape[0] < valid.numel():  # ignored rows get 0; the backend writes the rest
+            ignored = (~valid).nonzero().squeeze(1)
+            grad.view(-1, logits.shape[-1]).index_fill_(0, ignored, 0)
         ctx.backend.logits_grad(
             logits, labels, valid, ctx.runs, per_row, grad, ctx.inv_tau, ctx.chunk_rows
         )

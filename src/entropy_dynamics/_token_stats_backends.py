@@ -19,12 +19,14 @@ from torch import Tensor
 
 from ._token_stats_compiled import COMPILED_CHUNK_ELEMENTS, FUSED
 from ._token_stats_kernels import (
+    CPU_CHUNK_ELEMENTS,
     Chunk,
     RowSums,
     Workspace,
     chunk_grad,
     chunk_stats,
     default_chunk_rows,
+    label_grad,
     plan_chunks,
     row_blocks,
     run_chunks,
@@ -177,16 +179,22 @@ class CompiledBackend(TorchBackend):
 
     @staticmethod
     def chunk_grad(z, start, labels, m, log_s, coef_x, coef_const, grad_label, out, work, inv_tau):
-        rows = slice(start, start + z.shape[0])
-        buffer = work.views(z.shape[0])[0]
-        # Straight into `out` when it has the compute dtype and is not `z` itself (from hidden
-        # states the gradient overwrites the block's logits); else through a cached buffer.
-        direct = out.dtype == buffer.dtype and out.data_ptr() != z.data_ptr()
-        target = out if direct else buffer
-        FUSED.grad(z, m[rows], log_s[rows], coef_x[rows], coef_const[rows], inv_tau, target)
-        target.scatter_add_(1, labels[rows, None], grad_label[rows, None])
-        if target is not out:
-            out.copy_(target)
+        c, vocab = z.shape
+        rows = slice(start, start + c)
+        per_row = (m[rows], log_s[rows], coef_x[rows], coef_const[rows])
+        z_label = z.gather(1, labels[rows, None]).squeeze(1)  # read before `out` overwrites `z`
+        if out.data_ptr() != z.data_ptr():
+            FUSED.grad(z, *per_row, inv_tau, out)
+        else:  # from hidden states the gradient overwrites the block's logits: via a buffer
+            step = max(1, CPU_CHUNK_ELEMENTS // max(vocab, 1))
+            for lo in range(0, c, step):
+                part = slice(lo, min(lo + step, c))
+                buffer = work.views(part.stop - lo)[0]
+                FUSED.grad(z[part], *(t[part] for t in per_row), inv_tau, buffer)
+                out[part].copy_(buffer)
+        exact = label_grad(z_label, *per_row, grad_label[rows], inv_tau)  # one rounding
+        # An indexed write: `scatter_` into bf16 copies the whole chunk to fp32 and back.
+        out[torch.arange(c, device=out.device), labels[rows]] = exact.to(out.dtype)
 
 
 def row_offsets(logits: Tensor, valid: Tensor) -> Tensor:

@@ -62,16 +62,24 @@ compute_dtype_for = compute_dtype  # the core's one rule (_dtypes), under this m
 
 
 class Workspace:
-    """Three reusable `[rows, V]` buffers so the chunk loop allocates nothing."""
+    """Three reusable `[rows, V]` buffers so the chunk loop allocates nothing.
 
-    def __init__(self, rows: int, vocab_size: int, dtype: torch.dtype, device: torch.device):
-        shape = (rows, vocab_size)
-        self.x = torch.empty(shape, dtype=dtype, device=device)
-        self.e = torch.empty(shape, dtype=dtype, device=device)
-        self.ex = torch.empty(shape, dtype=dtype, device=device)
+    Allocated on first use and grown when a caller asks for more rows, so a backend that needs
+    no buffer (the compiled chunks, most of the time) never pays for one.
+    """
+
+    def __init__(self, vocab_size: int, dtype: torch.dtype, device: torch.device):
+        self.vocab_size, self.dtype, self.device = vocab_size, dtype, device
+        self._buffers: tuple[Tensor, Tensor, Tensor] | None = None
 
     def views(self, rows: int) -> tuple[Tensor, Tensor, Tensor]:
-        return self.x[:rows], self.e[:rows], self.ex[:rows]
+        if self._buffers is None or self._buffers[0].shape[0] < rows:
+            shape = (rows, self.vocab_size)
+            self._buffers = tuple(
+                torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(3)
+            )
+        x, e, ex = self._buffers
+        return x[:rows], e[:rows], ex[:rows]
 
 
 class RowSums:
@@ -84,18 +92,10 @@ class RowSums:
         self.m, self.s, self.t, self.u, self.w = self.stacked.unbind(0)
 
     def rescale_to(self, new_m: Tensor, inv_tau: float) -> None:
-        """Re-express the sums at a row max `new_m >= m`, i.e. as sums of `(z_i - new_m) / tau`.
-
-        With `d = (m - new_m) / tau` and `a = e^d`: `s -> a s`, `t -> a (t + d s)`,
-        `u -> a^2 u`, `w -> a^2 (w + d u)` (every `x_i` shifts by `d`, every `e_i` scales by
-        `a`). The Triton kernels apply the same update as their running max grows.
-        """
-        d = (self.m - new_m) * inv_tau
-        a = torch.exp(d)
-        self.t = a * (self.t + d * self.s)
-        self.s = a * self.s
-        self.w = a * a * (self.w + d * self.u)
-        self.u = a * a * self.u
+        """Re-express the sums at a row max `new_m >= m` (`rescaled_sums`), in place."""
+        self.s, self.t, self.u, self.w = rescaled_sums(
+            self.m, self.s, self.t, self.u, self.w, new_m, inv_tau
+        )
         self.m = new_m
 
     def finish(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -125,19 +125,62 @@ def chunk_stats(z: Tensor, start: int, sums: RowSums, work: Workspace, inv_tau: 
     torch.linalg.vecdot(ex, e, out=sums.w[rows])
 
 
-def fused_chunk_sums(z: Tensor, inv_tau: Tensor) -> Tensor:
-    """`[5, c]`: the unscaled row max `m` and the sums `s, t, u, w` of logits `z [c, V]`.
+def rescaled_sums(m, s, t, u, w, new_m, inv_tau) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Sums taken at a row (or block) max `m`, re-expressed at a larger max `new_m`.
+
+    Every `x_i = (z_i - m) / tau` shifts by `d = (m - new_m) / tau <= 0` and every `e_i`
+    scales by `a = e^d`, so `s -> a s`, `t -> a (t + d s)`, `u -> a^2 u`, `w -> a^2 (w + d u)`.
+    All terms keep their sign (`x <= 0`, `d <= 0`), so nothing cancels. Tensors of any one
+    shape (or broadcastable); the Triton kernels apply the same update as their max grows.
+    """
+    d = (m - new_m) * inv_tau
+    a = torch.exp(d)
+    a2 = a * a
+    return a * s, a * (t + d * s), a2 * u, a2 * (w + d * u)
+
+
+# Columns per block of the compiled forward. Inductor sums a reduction of more than 4096 fp32
+# terms through a slower cascade helper, and a block of 4096 fp32 logits (16 KiB) stays in L1
+# between the block's max and its sums, so a row is reduced block by block, then combined.
+BLOCK_COLUMNS = 4096
+
+
+def block_sums(z: Tensor, inv_tau: Tensor) -> tuple[Tensor, ...]:
+    """`(m, s, t, u, w)` over the last dim of `z [..., L]`, each `[...]`, in `inv_tau`'s dtype.
 
     The formulas of `chunk_stats` as plain ops, for `torch.compile` to fuse into one loop per
-    row (one `exp` per logit, the four sums kept in registers; `_token_stats_compiled`).
-    `inv_tau` is a 0-dim tensor in the compute dtype, which is also the dtype of the result.
+    block (one `exp` per logit, the four sums kept in registers; `_token_stats_compiled`). `m`
+    is the unscaled max; `inv_tau` is a 0-dim tensor in the compute dtype. A tuple, not a
+    stack: stacking the sums makes inductor store `e` to memory and sum it in a second loop.
     """
     zc = z.to(inv_tau.dtype)  # bf16/fp16 upcast per element inside the loop
-    m = zc.amax(dim=-1, keepdim=True)  # [c, 1]
+    m = zc.amax(dim=-1, keepdim=True)  # [..., 1]
     x = (zc - m) * inv_tau
     e = torch.exp(x)
     ex = e * x
-    return torch.stack([m.squeeze(-1), e.sum(-1), ex.sum(-1), (e * e).sum(-1), (ex * e).sum(-1)])
+    return m.squeeze(-1), e.sum(-1), ex.sum(-1), (e * e).sum(-1), (ex * e).sum(-1)
+
+
+def fused_main_sums(z: Tensor, inv_tau: Tensor) -> tuple[Tensor, ...]:
+    """`block_sums` of each `BLOCK_COLUMNS`-column block of `z [c, nb * BLOCK_COLUMNS]`, `[c, nb]`.
+
+    The blocks are formed inside the compiled graph: given as a `[c, nb, BLOCK_COLUMNS]` input,
+    inductor stores `e` to memory and sums it in a second loop.
+    """
+    return block_sums(z.view(z.shape[0], -1, BLOCK_COLUMNS), inv_tau)  # [c, nb, BLOCK]
+
+
+def combine_blocks(blocks: Tensor, inv_tau: float) -> Tensor:
+    """`[5, c, nb]` per-block `(m, s, t, u, w)` -> `[5, c]` of whole rows (`rescaled_sums`)."""
+    m = blocks[0].amax(dim=-1, keepdim=True)  # [c, 1]
+    rescaled = rescaled_sums(*blocks.unbind(0), m, inv_tau)
+    return torch.stack([m.squeeze(-1), *(t.sum(-1) for t in rescaled)])
+
+
+def softmax_grad(x: Tensor, log_s: Tensor, coef_x: Tensor, coef_const: Tensor) -> Tensor:
+    """`p_j (coef_x x_j + coef_const)` with `p_j = e^(x_j - log s)`: `chunk_grad` before its
+    label term. `x [c, L]` (scaled, shifted logits); the per-row factors `[c, 1]`."""
+    return (x * coef_x + coef_const) * torch.exp(x - log_s)
 
 
 def fused_chunk_grad(
@@ -149,17 +192,25 @@ def fused_chunk_grad(
     inv_tau: Tensor,
     out: Tensor,
 ) -> None:
-    """Write `p_j (coef_x x_j + coef_const)` into `out [c, V]`: `chunk_grad` before its label term.
+    """Write `softmax_grad` of logits `z [c, V]` into `out [c, V]` (any float dtype).
 
-    The same formula as plain ops, for `torch.compile` to fuse into one loop that writes `out`
-    in place. `z [c, V]`; `m`, `log_s`, `coef_x`, `coef_const` are the chunk's `[c]` slices;
-    `inv_tau` a 0-dim tensor and `out` a tensor not overlapping `z`, both in the compute dtype.
-    The caller adds `grad_label` at each row's label (`chunk_grad`'s `scatter_add_`): a
-    comparison against a column index inside the loop costs more than the whole loop.
+    Plain ops for `torch.compile` to fuse into one loop that writes `out` in place. `m`,
+    `log_s`, `coef_x`, `coef_const` are the chunk's `[c]` slices and `inv_tau` a 0-dim tensor,
+    all in the compute dtype; `out` must not overlap `z`. The caller then writes each row's
+    label entry (`label_grad`): a comparison against a column index inside the loop costs
+    more than the whole loop.
     """
-    x = (z.to(out.dtype) - m[:, None]) * inv_tau
-    p = torch.exp(x - log_s[:, None])
-    out.copy_((x * coef_x[:, None] + coef_const[:, None]) * p)
+    x = (z.to(m.dtype) - m[:, None]) * inv_tau
+    out.copy_(softmax_grad(x, log_s[:, None], coef_x[:, None], coef_const[:, None]))
+
+
+def label_grad(z_label, m, log_s, coef_x, coef_const, grad_label, inv_tau) -> Tensor:
+    """`dL/dz_k` at each row's label: `softmax_grad` there plus `grad_label`, all `[c]`.
+
+    Written into the gradient after `fused_chunk_grad` (one rounding to the gradient's dtype).
+    """
+    x = (z_label.to(m.dtype) - m) * inv_tau
+    return softmax_grad(x, log_s, coef_x, coef_const) + grad_label
 
 
 def chunk_grad(
@@ -285,14 +336,14 @@ def run_chunks(
     """
     workers = min(torch.get_num_threads(), len(chunks)) if device.type == "cpu" and split else 1
     if workers <= 1 or len(chunks) * rows * vocab_size < PARALLEL_MIN_ELEMENTS:
-        work = Workspace(rows, vocab_size, dtype, device)
+        work = Workspace(vocab_size, dtype, device)
         for chunk in chunks:
             body(chunk, work)
         return
     queue, lock = iter(chunks), threading.Lock()
 
     def drain() -> None:
-        work = Workspace(rows, vocab_size, dtype, device)
+        work = Workspace(vocab_size, dtype, device)
         with torch.no_grad():  # grad mode is per thread; the kernels never build a graph
             while True:
                 with lock:
