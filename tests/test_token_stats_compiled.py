@@ -226,7 +226,7 @@ def test_auto_policy_and_the_environment_switch(monkeypatch):
         with pytest.raises(ValueError, match=r"must be 0 .*, 1 .* or auto"):
             resolve_backend("auto", CPU, elements=big)
         monkeypatch.delenv(compiled.ENV)
-        torch.set_num_threads(2)
-        assert resolve_backend("auto", CPU, elements=big) is TORCH  # eager worker threads
+        torch.set_num_threads(2)  # the compiled loops split their rows over both threads
+        assert resolve_backend("auto", CPU, elements=big) is COMPILED
     finally:
         torch.set_num_threads(before)

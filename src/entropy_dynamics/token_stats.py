@@ -69,16 +69,15 @@ def token_stats(
         labels: `[B, T]` integer token ids `k` in `[0, V)` at counted positions.
         temperature: `p = softmax(logits / temperature)`; must be > 0.
         chunk_size: rows of `[V]` logits per chunk (default: about 0.5 M logits on CPU, 3 rows
-            at V = 151936, or 1 M compiled; 16 M on an accelerator). Results do not depend on
+            at V = 151936, or 64 M compiled; 16 M on an accelerator). Results do not depend on
             it beyond float rounding.
         mask: optional `[B, T]` bool (or 0/1 integer): True for counted positions.
         ignore_index: positions whose label equals it are ignored as well.
         backend: `"auto"` (Triton on CUDA tensors when triton is importable; on CPU
-            `"inductor"` for passes of at least 16 M logits with one torch thread, `"torch"`
-            otherwise, see
+            `"inductor"` for passes of at least 16 M logits, `"torch"` otherwise, see
             `ENTROPY_DYNAMICS_COMPILE` in docs/token_stats.md), `"torch"` (row chunks of
             eager torch ops; `chunk_size` applies), `"inductor"` (the same row chunks, each
-            one loop compiled by `torch.compile`, cached across processes) or `"triton"`
+            reduced by loops compiled by `torch.compile`, cached across processes) or `"triton"`
             (fused kernels, one read of the logits forward and one more backward; on CPU
             tensors only under Triton's interpreter, `TRITON_INTERPRET=1`). Same results up
             to float rounding.
@@ -252,10 +251,8 @@ def resolve_backend(
     if backend == "inductor":
         return _compiled_backend(device, dtype)
     if backend == "auto" and device.type == "cpu":
-        # Compiled kernels hold the GIL, so with several threads they parallelise with OpenMP,
-        # which a busy machine stalls (docs/performance.md): by default only with one thread.
         wanted = compiled.policy()
-        big = elements >= compiled.COMPILE_MIN_ELEMENTS and torch.get_num_threads() == 1
+        big = elements >= compiled.COMPILE_MIN_ELEMENTS
         if wanted == "1" or (wanted == "auto" and big):
             return COMPILED if compiled.FUSED.ready(dtype, device, warn=True) else TORCH
         return TORCH
