@@ -10,11 +10,14 @@ skipped). One run, side by side, every ratio against a baseline measured in the 
                   forward+backward adds one write of a `[rows, V]` gradient
     ours-triton   token_stats(..., backend="triton"): log p_k, H, S_*, N
     ours-torch    token_stats(..., backend="torch")
+    ours-inductor token_stats(..., backend="inductor"): the block loops of the CPU path under
+                  torch.compile, which on CUDA generates Triton kernels (issue 17 asks which
+                  of the two kernels is faster for each shape and dtype)
     trl           trl.kernels.logprob_entropy.selective_log_softmax_and_entropy (log p_k, H)
     naive         fp32 log_softmax over [rows, V], then H, S_*, N
   from hidden, D in `--dims`, hidden `[rows, D]`, weight `[V, D]` bf16:
     matmul        `hidden @ weight.T` (forward+backward: with a given `[rows, V]` gradient)
-    ours-triton / ours-torch   token_stats_from_hidden
+    ours-triton / ours-torch / ours-inductor   token_stats_from_hidden
     verl          verl.utils.kernel.linear_cross_entropy (log p_k, H)
     liger         liger_kernel's fused linear cross-entropy (loss only)
 
@@ -143,6 +146,7 @@ def logits_cases(rows, vocab, device):
     variants = {
         "ours-triton": lambda z: token_stats(z, labels, backend="triton"),
         "ours-torch": lambda z: token_stats(z, labels, backend="torch"),
+        "ours-inductor": lambda z: token_stats(z, labels, backend="inductor"),
         "trl": trl if isinstance(trl, str) else (lambda z: trl(z, labels)),
         "naive": lambda z: naive(z, labels),
     }
@@ -171,6 +175,7 @@ def hidden_cases(rows, vocab, dim, device):
     variants = {
         "ours-triton": lambda a, b: token_stats_from_hidden(a, b, labels, backend="triton"),
         "ours-torch": lambda a, b: token_stats_from_hidden(a, b, labels, backend="torch"),
+        "ours-inductor": lambda a, b: token_stats_from_hidden(a, b, labels, backend="inductor"),
         "verl": verl if isinstance(verl, str) else (lambda a, b: verl(a, b, labels)),
         "liger": liger if isinstance(liger, str) else (lambda a, b: liger(a, b, labels)),
     }

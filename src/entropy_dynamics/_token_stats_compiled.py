@@ -8,8 +8,9 @@ block is in L1; no cascade summation) and a last block of 1 to `BLOCK_COLUMNS` c
 combines the blocks (`combine_blocks`). So the compiled calls take many rows at once
 (`COMPILED_CHUNK_ELEMENTS`) and need no work buffers.
 
-Each function is compiled once per process and input dtype (`dynamic=True` and size-oblivious
-sizes: every chunk shape, 1-row chunks included, shares one graph); inductor's FX-graph cache
+The functions are compiled once per process and input dtype, before the first pass, into the
+five graphs that serve every chunk shape (`dynamic=True`, size-oblivious sizes, inputs without
+a view's base: see `FusedKernels._warm_up`); inductor's FX-graph cache
 (`TORCHINDUCTOR_CACHE_DIR`, default `/tmp/torchinductor_$USER`) keeps the generated code across
 processes, so only a machine's first compile pays for the C++ build. A compiled kernel holds
 the GIL while it runs, so `run_chunks`' worker threads cannot share its work: each kernel
@@ -102,13 +103,13 @@ def _plain(tensor: Tensor) -> Tensor:
 
 
 class FusedKernels:
-    """The two compiled functions, built lazily; `ready(dtype)` says whether they run.
+    """The compiled functions, built lazily; `ready(dtype)` says whether they run.
 
-    `_sums` is `block_sums`, called on the whole blocks of a chunk as `[c, nb, BLOCK_COLUMNS]`
-    and on the last 1 to `BLOCK_COLUMNS` columns of its rows as `[c, r]`; `_grad` is
-    `fused_chunk_grad`. The first use for a dtype runs them on small inputs in the calling
-    thread, so a compile failure shows before a pass starts. After a failure every later
-    `ready` is False and `failure` says why.
+    `_sums` is `block_sums` of 2-D rows (a chunk's last 1 to `BLOCK_COLUMNS` columns, or the
+    blocks of one row as `[nb, BLOCK_COLUMNS]`), `_main` is `fused_main_sums` (2 or more rows
+    of 2 or more whole blocks), `_grad` is `fused_chunk_grad`. The first use for a dtype runs
+    them on small inputs in the calling thread, so a compile failure shows before a pass
+    starts. After a failure every later `ready` is False and `failure` says why.
     """
 
     def __init__(self) -> None:
