@@ -35,6 +35,8 @@ demo: setup
 test: setup
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -m "not slow" -q
+	@echo "token_stats' tests again with the compiled CPU path switched off:"
+	ENTROPY_DYNAMICS_COMPILE=0 $(PY) -m pytest -m "not slow" -q -p no:cacheprovider tests/test_token_stats*.py tests/test_huge_pages.py
 
 # Slow tests: SmolLM2, 2-process TRL, and the verl plugin inside .venv-verl. CI runs them too.
 test-slow: setup verl-env

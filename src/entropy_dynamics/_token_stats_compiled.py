@@ -114,7 +114,7 @@ class FusedKernels:
 
     def __init__(self) -> None:
         self.failure: str | None = None
-        self._warm: set[tuple[torch.dtype, torch.device]] = set()
+        self._warm: set[tuple[torch.dtype, torch.device, int]] = set()
         self._lock = threading.Lock()
         self._sums: Callable[..., tuple[Tensor, ...]] | None = None
         self._main: Callable[..., tuple[Tensor, ...]] | None = None
@@ -122,10 +122,12 @@ class FusedKernels:
         self._scalars: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
 
     def ready(self, dtype: torch.dtype, device: torch.device, *, warn: bool) -> bool:
-        if (dtype, device) in self._warm:
+        # Dynamo guards on torch's thread count too: a new count gets its own warm-up.
+        key = (dtype, device, torch.get_num_threads() if device.type == "cpu" else 0)
+        if key in self._warm:
             return True
         with self._lock:
-            if self.failure is None and (dtype, device) not in self._warm:
+            if self.failure is None and key not in self._warm:
                 try:
                     self._warm_up(dtype, device)
                 except Exception as err:  # inductor raises many types; the cause is in the text
@@ -139,8 +141,8 @@ class FusedKernels:
                             stacklevel=2,
                         )
                 else:
-                    self._warm.add((dtype, device))
-        return (dtype, device) in self._warm
+                    self._warm.add(key)
+        return key in self._warm
 
     def _warm_up(self, dtype: torch.dtype, device: torch.device) -> None:
         if self._sums is None:
