@@ -20,7 +20,7 @@ import torch
 
 import _util
 from bench_token_stats import naive_stats
-from entropy_dynamics.token_stats import token_stats, token_stats_from_hidden
+from entropy_dynamics.token_stats import resolve_backend, token_stats, token_stats_from_hidden
 
 VOCAB, HIDDEN = 151936, 896
 VARIANTS = ("matmul", "matmul+naive", "matmul+token_stats", "from_hidden")
@@ -53,9 +53,9 @@ def run_case(case: dict) -> _util.Result:
         once()
         hidden.grad = weight.grad = None
 
-    # Not timed: the compiled kernels (and their ~250 MiB of compiler) are ready beforehand.
-    with torch.no_grad():
-        token_stats_from_hidden(hidden[:, :2], weight, labels[:, :2])
+    # Not timed: the kernels that "auto" picks for this pass (compiled ones, with ~250 MiB of
+    # compiler) are ready beforehand, as in a training run after its first step.
+    resolve_backend("auto", hidden.device, hidden.dtype, elements=case["rows"] * VOCAB)
     return _util.measure(run, case["repeats"])
 
 

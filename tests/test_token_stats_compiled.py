@@ -109,6 +109,13 @@ def test_no_graph_compiles_after_the_warm_up():
         contiguous = logits.detach()[..., :vocab].contiguous().requires_grad_()
         stats = token_stats(contiguous[:, :-1], labels[:, 1:], backend="inductor")
         (stats.logprobs.sum() + stats.entropy.sum()).backward()
+        # A caller's inference mode or autocast changes neither the graphs nor the results.
+        with torch.inference_mode():
+            inferred = token_stats(contiguous[:, :-1].detach(), labels[:, 1:], backend="inductor")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = token_stats(contiguous[:, :-1], labels[:, 1:], backend="inductor")
+        for a, b, c in zip(stats, inferred, autocast, strict=True):
+            assert torch.equal(a, b) and torch.equal(a, c)
     assert counters["stats"]["unique_graphs"] == before
 
 

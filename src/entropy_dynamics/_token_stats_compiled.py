@@ -83,13 +83,17 @@ def _size_oblivious_config():
 _FX_CONFIG = _size_oblivious_config()
 
 
-def _compiling():
-    """Grad mode off (it is a guard: one graph for every caller) and oblivious sizes."""
-    if _FX_CONFIG is None:
-        return torch.no_grad()
+def _compiling(device: torch.device) -> contextlib.ExitStack:
+    """The one state every compiled call runs in, whatever the caller's: no grad, no inference
+    mode, no autocast (dynamo guards on each, so a caller's `inference_mode` or `autocast`
+    would compile new graphs mid-pass; autocast would also change the dtype of the sums), and
+    oblivious sizes."""
     stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
     stack.enter_context(torch.no_grad())
-    stack.enter_context(_FX_CONFIG.patch(backed_size_oblivious=True))
+    stack.enter_context(torch.autocast(device.type, enabled=False))
+    if _FX_CONFIG is not None:
+        stack.enter_context(_FX_CONFIG.patch(backed_size_oblivious=True))
     return stack
 
 
@@ -176,7 +180,7 @@ class FusedKernels:
         tau = self.scalar(inv_tau, compute_dtype(z.dtype), z.device)
         whole = (z.shape[1] - 1) // BLOCK_COLUMNS  # blocks before the last (1 to BLOCK columns)
         split = whole * BLOCK_COLUMNS
-        with _compiling():
+        with _compiling(z.device):
             last = torch.stack(self._sums(_plain(z[:, split:]), tau))  # [5, c]
             if whole == 0:
                 return last
@@ -198,7 +202,7 @@ class FusedKernels:
     def grad(self, z, m, log_s, coef_x, coef_const, inv_tau: float, out: Tensor) -> None:
         """`fused_chunk_grad` compiled: writes into `out [c, V]` (any float dtype, not `z`)."""
         tau = self.scalar(inv_tau, m.dtype, z.device)
-        with _compiling():
+        with _compiling(z.device):
             per_row = (_plain(t) for t in (m, log_s, coef_x, coef_const))
             self._grad(_plain(z), *per_row, tau, _plain(out))
 
