@@ -8,14 +8,14 @@ block is in L1; no cascade summation) and a last block of 1 to `BLOCK_COLUMNS` c
 combines the blocks (`combine_blocks`). So the compiled calls take many rows at once
 (`COMPILED_CHUNK_ELEMENTS`) and need no work buffers.
 
-The functions are compiled once per process and input dtype, before the first pass, into the
-five graphs that serve every chunk shape (`dynamic=True`, size-oblivious sizes, inputs without
+The functions are compiled once per process, input dtype and torch thread count (dynamo
+guards on the count), before the first pass, into the five graphs that serve every chunk shape (`dynamic=True`, size-oblivious sizes, inputs without
 a view's base: see `FusedKernels._warm_up`); inductor's FX-graph cache
 (`TORCHINDUCTOR_CACHE_DIR`, default `/tmp/torchinductor_$USER`) keeps the generated code across
 processes, so only a machine's first compile pays for the C++ build. A compiled kernel holds
 the GIL while it runs, so `run_chunks`' worker threads cannot share its work: each kernel
-splits its rows over torch's threads (OpenMP), reading the thread count at run time
-(`cpp.dynamic_threads`, one graph for any count).
+splits its rows over torch's threads (OpenMP; `cpp.dynamic_threads` reads the count at run
+time, as measured in docs/performance.md).
 
 `ENTROPY_DYNAMICS_COMPILE` selects the policy of `backend="auto"` on CPU: unset or `auto`
 compiles passes of at least `COMPILE_MIN_ELEMENTS` logits (below that the one-time compile
@@ -111,7 +111,7 @@ class FusedKernels:
 
     `_sums` is `block_sums` of 2-D rows (a chunk's last 1 to `BLOCK_COLUMNS` columns, or the
     blocks of one row as `[nb, BLOCK_COLUMNS]`), `_main` is `fused_main_sums` (2 or more rows
-    of 2 or more whole blocks), `_grad` is `fused_chunk_grad`. The first use for a dtype runs
+    of 2 or more whole blocks), `_grad` is `fused_chunk_grad`. The first use for a dtype (and thread count) runs
     them on small inputs in the calling thread, so a compile failure shows before a pass
     starts. After a failure every later `ready` is False and `failure` says why.
     """
