@@ -290,6 +290,8 @@ class TritonBackend:
         hidden, weight = hidden.contiguous(), weight.contiguous()
         interpreted = self.k.INTERPRETED
         block_m, block_n, block_k = (16, 128, 32) if interpreted else (64, 128, 64)
+        if weight.element_size() == 8:  # fp64 tiles at K = 64 need 192 KiB of shared memory
+            block_k = 32  # (A100: 163 KiB at most); scripts/triton_compile_check.py measures it
         if weight.dtype == torch.float32:
             precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
         else:
