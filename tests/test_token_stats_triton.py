@@ -229,3 +229,25 @@ def test_qwen_vocabulary_bf16_on_cuda():
     for got, ref in zip(stats, want, strict=True):
         torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(z.grad.double(), exact.grad, rtol=BF16_RTOL, atol=1e-7)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_hidden_rows_past_two_to_the_31_elements_on_cuda():
+    # 262,208 rows of D = 8192 (4 GiB in bf16): element offsets of the last rows pass 2^31, where
+    # int32 address arithmetic would read other rows.
+    dim = 8192
+    rows = 2**31 // dim + 64
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    hidden = torch.randn(rows, dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+    weight = torch.randn(256, dim, device="cuda", dtype=torch.bfloat16, generator=gen) / dim**0.5
+    labels = torch.randint(0, 256, (rows,), device="cuda", generator=gen)
+    got = token_stats_from_hidden(hidden[None], weight, labels[None], backend="triton")
+    for part in (slice(0, 64), slice(rows - 64, rows)):
+        # The same rows alone, from offset 0: the same tiles in the same order, so the same sums.
+        alone = token_stats_from_hidden(
+            hidden[None, part].clone(), weight, labels[None, part], backend="triton"
+        )
+        for g, w in zip(got, alone, strict=True):
+            torch.testing.assert_close(g[:, part], w, rtol=1e-6, atol=1e-6)
+    del hidden

@@ -165,6 +165,9 @@ def hidden_sums_kernel(
     block = tl.program_id(0)
     row = block * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = row < rows
+    # Element offsets in int64: rows x D (or V x D) reaches 2^31 at 262,144 rows of D = 8192,
+    # where int32 `row * stride_h` would wrap to another address.
+    h_rows = h_ptr + row.to(tl.int64)[:, None] * stride_h
     label = tl.load(label_ptr + row, mask=row_ok, other=0)
     zero = tl.zeros((BLOCK_M,), dtype=ACC)
     m, s, t, u, w = zero + float("-inf"), zero, zero, zero, zero
@@ -172,17 +175,18 @@ def hidden_sums_kernel(
     for start in range(0, vocab, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < vocab
+        w_cols = w_ptr + cols.to(tl.int64)[None, :] * stride_w
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
         for k0 in range(0, dim, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             k_ok = ks < dim
             h = tl.load(
-                h_ptr + row[:, None] * stride_h + ks[None, :],
+                h_rows + ks[None, :],
                 mask=row_ok[:, None] & k_ok[None, :],
                 other=0.0,
             )
             wt = tl.load(
-                w_ptr + cols[None, :] * stride_w + ks[:, None],
+                w_cols + ks[:, None],
                 mask=col_ok[None, :] & k_ok[:, None],
                 other=0.0,
             )
