@@ -33,9 +33,11 @@ to check the script itself.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import time
+import types
 from collections.abc import Callable
 
 import torch
@@ -72,9 +74,30 @@ def load_trl():
 
 
 def load_verl():
+    try:
+        import verl  # noqa: F401
+    except ImportError:
+        _verl_kernels_only()
     from verl.utils.kernel.linear_cross_entropy import linear_cross_entropy
 
     return lambda hidden, weight, labels: linear_cross_entropy(hidden, weight, labels, 1.0)
+
+
+def _verl_kernels_only() -> None:
+    """Make verl's kernel modules importable where verl's package `__init__` is not.
+
+    That `__init__` imports verl's data protocol, hence Ray and tensordict, which the kernel
+    never uses and the borrowed GPU machine lacks (Ray's wheel alone is over the 64 MiB that
+    travels with a run). The installed `verl` directory is registered as a bare package, so
+    `verl.utils.kernel` and what it imports are verl's own files, unchanged (they need
+    omegaconf, a small wheel). Without verl installed this changes nothing.
+    """
+    spec = importlib.util.find_spec("verl")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    package = types.ModuleType("verl")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["verl"] = package
 
 
 def load_liger():

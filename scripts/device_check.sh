@@ -4,10 +4,10 @@
 #     device run: bash scripts/device_check.sh        (timeout_s 540; results in $OUT)
 #
 # The device machine has torch, triton and transformers but no network and none of our other
-# dependencies installed, so the package runs from src/ (PYTHONPATH). Wheels of TRL, Liger or
-# verl, if a session downloads them here into .device-wheels/ (`pip download --no-deps -d
-# .device-wheels trl liger-kernel`; carry that folder), are installed without dependencies, and
-# bench_gpu.py adds their rows where they import. Each step has its own time limit and a failed
+# dependencies installed, so the package runs from src/ (PYTHONPATH). Wheels of TRL, Liger,
+# verl and pytest, which `bash scripts/device_wheels.sh` puts in .device-wheels/ (carry that
+# folder: `carry: [".device-wheels"]`), are installed without dependencies, and bench_gpu.py
+# adds their rows where they import. Each step has its own time limit and a failed
 # step does not stop the next; every output lands in $OUT (default ./device-out).
 set -u
 cd "$(dirname "$0")/.."
