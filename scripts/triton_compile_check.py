@@ -118,23 +118,17 @@ def _build_then_torch(kernels):
     statistics (finite sums) and their backward pass need real values."""
     from entropy_dynamics._token_stats_backends import TORCH, TritonBackend
 
-    class BuildThenTorch(TritonBackend):
-        def logits_sums(self, *args):
-            super().logits_sums(*args)
-            return TORCH.logits_sums(*args)
+    def build_then_torch(name):
+        def method(self, *args):
+            getattr(TritonBackend, name)(self, *args)  # builds the kernels, launches nothing
+            return getattr(TORCH, name)(*args)
 
-        def logits_grad(self, *args):
-            super().logits_grad(*args)
-            return TORCH.logits_grad(*args)
+        return method
 
-        def hidden_sums(self, *args):
-            super().hidden_sums(*args)
-            return TORCH.hidden_sums(*args)
-
-        def block_grad(self, *args):
-            super().block_grad(*args)
-            return TORCH.block_grad(*args)
-
+    launching = ("logits_sums", "logits_grad", "hidden_sums", "block_grad")
+    BuildThenTorch = type(
+        "BuildThenTorch", (TritonBackend,), {name: build_then_torch(name) for name in launching}
+    )
     return BuildThenTorch(kernels)
 
 
